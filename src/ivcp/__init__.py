@@ -1,0 +1,12 @@
+"""IVCP: a video action classification stage (``stage: action_cls``) for LLaMA-Factory."""
+
+__version__ = "0.1.0"
+
+ACTION_STAGE = "action_cls"
+
+
+def register() -> None:
+    """Hook the ``action_cls`` stage into the imported LLaMA-Factory (idempotent)."""
+    from .integration import register as _register
+
+    _register()

@@ -1,0 +1,104 @@
+"""Activated by ``ivcp.pth`` at interpreter start-up: registers the ``action_cls`` stage lazily.
+
+It must stay cheap and harmless: it never imports torch or LLaMA-Factory, never raises, and does nothing
+when ``IVCP_DISABLE=1``. It puts a finder first on ``sys.meta_path`` that
+- runs ``ivcp.register()`` right after ``llamafactory.train.tuner`` has been executed (this happens in every
+  process, including the children that ``llamafactory-cli`` starts under torchrun), and
+- resolves the documented aliases ``llamafactory.model.action_decoder`` & co. to IVCP's modules.
+"""
+
+import importlib
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+
+DISABLE_ENV = "IVCP_DISABLE"
+TRIGGER_MODULE = "llamafactory.train.tuner"
+MODULE_ALIASES = {
+    "llamafactory.model.action_decoder": "ivcp.model.action_decoder",
+    "llamafactory.train.action_cls": "ivcp.train.action_cls",
+    "llamafactory.data.processor.action_cls": "ivcp.data.processor",
+}
+
+
+def is_disabled() -> bool:
+    return os.getenv(DISABLE_ENV, "0").lower() in ("1", "true", "yes", "y")
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """Makes ``import alias`` return the already importable target module."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def create_module(self, spec):
+        return importlib.import_module(self.target)
+
+    def exec_module(self, module) -> None:
+        pass
+
+
+class _RegisterAfterExecLoader(importlib.abc.Loader):
+    """Wraps the real loader of the trigger module and calls ``ivcp.register()`` once it has run."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        _register_quietly()
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+
+class IvcpFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname in MODULE_ALIASES:
+            return importlib.util.spec_from_loader(fullname, _AliasLoader(MODULE_ALIASES[fullname]))
+
+        if fullname != TRIGGER_MODULE:
+            return None
+
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _RegisterAfterExecLoader(spec.loader)
+                return spec
+
+        return None
+
+
+def install() -> None:
+    """Put the finder first on ``sys.meta_path`` (idempotent); register at once if the trigger already ran."""
+    if is_disabled() or any(isinstance(finder, IvcpFinder) for finder in sys.meta_path):
+        return
+
+    sys.meta_path.insert(0, IvcpFinder())
+    if TRIGGER_MODULE in sys.modules:
+        _register_quietly()
+
+
+def _register_quietly() -> None:
+    r"""A failed registration must not break LLaMA-Factory's other stages: report it and stand down."""
+    try:
+        import ivcp
+
+        ivcp.register()
+    except Exception as err:
+        sys.stderr.write(f"[ivcp] stage action_cls NOT registered: {err}\n")
+
+
+try:
+    install()
+except Exception as err:  # never break the interpreter start-up
+    sys.stderr.write(f"[ivcp] auto-registration disabled: {err!r}\n")

@@ -1,0 +1,18 @@
+"""Batch ``action_cls`` features with LLaMA-Factory's multimodal collator and add the class labels."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from llamafactory.data.collator import MultiModalDataCollatorForSeq2Seq
+
+
+@dataclass
+class ActionDataCollator(MultiModalDataCollatorForSeq2Seq):
+    r"""Give it the backbone as ``model``: it needs ``get_rope_index`` for Qwen2-VL's 3D positions."""
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        labels = [feature.pop("action_labels") for feature in features]
+        batch = super().__call__(features)
+        batch["action_labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch

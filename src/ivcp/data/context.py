@@ -1,0 +1,38 @@
+"""What the data path of the ``action_cls`` stage needs to know, and how it reports bad examples."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ActionDataConfig:
+    num_classes: int
+    label_column: str = "action_label"
+
+
+_ACTIVE_CONFIG: ContextVar[ActionDataConfig | None] = ContextVar("ivcp_action_data", default=None)
+
+
+def active_action_data() -> ActionDataConfig | None:
+    r"""The config of the ``action_cls`` dataset being loaded, or None for every other stage."""
+    return _ACTIVE_CONFIG.get()
+
+
+@contextmanager
+def loading_action_data(config: ActionDataConfig) -> Iterator[None]:
+    r"""Route LLaMA-Factory's dataset loading through the action converter and processor."""
+    token = _ACTIVE_CONFIG.set(config)
+    try:
+        yield
+    finally:
+        _ACTIVE_CONFIG.reset(token)
+
+
+class ActionDataError(ValueError):
+    r"""A dataset example the ``action_cls`` stage cannot train on; the message names it and the fix."""
+
+
+def describe_example(source: str, index: int) -> str:
+    return f"example {index} of {source}"

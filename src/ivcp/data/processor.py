@@ -1,0 +1,145 @@
+"""Tokenize ``action_cls`` examples: encode with the template and mm_plugin, then cut right after ``<ACTION>``.
+
+Under causal attention nothing after the last ``<ACTION>`` can change its hidden state, so the response tokens
+are dead weight for the classification loss. Nothing is ever truncated blindly (that could cut video tokens):
+an example that does not fit is rejected with a message that names it and says what to fix.
+"""
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from llamafactory.data.processor.processor_utils import DatasetProcessor
+
+from ..model.action_decoder import ACTION_TOKEN
+from .context import ActionDataError, describe_example
+from .converter import INDEX_FIELD, LABEL_FIELD, SOURCE_FIELD
+
+
+MAX_REPORTED_PROBLEMS = 10
+
+
+def parse_action_label(raw: str, num_classes: int, where: str) -> int:
+    r"""Turn the stored JSON label into a class id, or explain what is wrong with it."""
+    value = json.loads(raw)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # Arrow stores every label of a file as float once one of them is a float
+
+    if value is None:
+        raise ActionDataError(f"{where} has no `action_label`: add the class id (an integer in [0, {num_classes})).")
+
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ActionDataError(
+            f"{where} has `action_label` {value!r}, which is not an integer class id: "
+            f"use an integer in [0, {num_classes})."
+        )
+
+    if not 0 <= value < num_classes:
+        raise ActionDataError(
+            f"{where} has `action_label` {value}, outside [0, {num_classes}): fix the label, "
+            f"or set `num_action_classes` to the number of classes of the data."
+        )
+
+    return value
+
+
+@dataclass
+class ActionDatasetProcessor(DatasetProcessor):
+    num_classes: int = 51
+
+    def _check_messages(self, messages: list[dict[str, str]], where: str) -> None:
+        if len(messages) % 2 != 0 or len(messages) == 0:
+            raise ActionDataError(
+                f"{where} is not a valid conversation (turns must alternate user/assistant, starting with the user): "
+                "fix its roles."
+            )
+
+        for message in messages:
+            if message["role"] != "user" and ACTION_TOKEN in message["content"]:
+                raise ActionDataError(
+                    f"{where} has {ACTION_TOKEN} in a {message['role']} turn: move it to the user turn."
+                )
+
+        if not any(ACTION_TOKEN in message["content"] for message in messages if message["role"] == "user"):
+            raise ActionDataError(
+                f"{where} has no {ACTION_TOKEN} in its user turn: append it after the video, "
+                f"e.g. '<video>What is the person doing?{ACTION_TOKEN}'."
+            )
+
+    def _encode_example(self, example: dict[str, Any], where: str) -> list[int]:
+        prompt, response = example["_prompt"], example["_response"]
+        self._check_messages(prompt + response, where)
+        images, videos, audios = example["_images"] or [], example["_videos"] or [], example["_audios"] or []
+        try:
+            messages = self.template.mm_plugin.process_messages(
+                prompt + response, images, videos, audios, self.processor
+            )
+            input_ids, _ = self.template.mm_plugin.process_token_ids(
+                [], [], images, videos, audios, self.tokenizer, self.processor
+            )
+        except Exception as err:  # PyAV / PIL / plugin errors: say which example and which files
+            raise ActionDataError(
+                f"{where} could not be processed (videos: {videos}, images: {images}): {err}"
+            ) from err
+
+        prompt_ids, _ = self.template.encode_oneturn(self.tokenizer, messages, example["_system"], example["_tools"])
+        input_ids = input_ids + prompt_ids
+        action_id = self.tokenizer.convert_tokens_to_ids(ACTION_TOKEN)
+        action_position = max(i for i, token_id in enumerate(input_ids) if token_id == action_id)
+        media_ids = {self.tokenizer.convert_tokens_to_ids(token) for token in self._media_tokens()}
+        if any(token_id in media_ids for token_id in input_ids[action_position + 1 :]):
+            raise ActionDataError(
+                f"{where} puts {ACTION_TOKEN} before its video or image: the token must come after all media, "
+                f"e.g. '<video>What is the person doing?{ACTION_TOKEN}'."
+            )
+
+        input_ids = input_ids[: action_position + 1]
+        if len(input_ids) > self.data_args.cutoff_len:
+            raise ActionDataError(
+                f"{where} is {len(input_ids)} tokens long up to {ACTION_TOKEN}, more than cutoff_len="
+                f"{self.data_args.cutoff_len}: raise `cutoff_len`, or lower `video_max_pixels`, `video_fps` or "
+                "`video_maxlen` (truncating would cut video tokens)."
+            )
+
+        return input_ids
+
+    def _media_tokens(self) -> list[str]:
+        plugin = self.template.mm_plugin
+        return [token for token in (plugin.image_token, plugin.video_token, plugin.audio_token) if token]
+
+    def preprocess_dataset(self, examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        model_inputs = defaultdict(list)
+        problems: list[str] = []
+        for i in range(len(examples["_prompt"])):
+            example = {key: values[i] for key, values in examples.items()}
+            where = describe_example(example[SOURCE_FIELD], example[INDEX_FIELD])
+            try:
+                label = parse_action_label(example[LABEL_FIELD], self.num_classes, where)
+                input_ids = self._encode_example(example, where)
+            except ActionDataError as err:
+                problems.append(str(err))
+                continue
+
+            model_inputs["input_ids"].append(input_ids)
+            model_inputs["attention_mask"].append([1] * len(input_ids))
+            model_inputs["action_labels"].append(label)
+            model_inputs["images"].append(example["_images"])
+            model_inputs["videos"].append(example["_videos"])
+            model_inputs["audios"].append(example["_audios"])
+
+        if problems:
+            shown = "\n  ".join(problems[:MAX_REPORTED_PROBLEMS])
+            more = (
+                f"\n  ... and {len(problems) - MAX_REPORTED_PROBLEMS} more"
+                if len(problems) > MAX_REPORTED_PROBLEMS
+                else ""
+            )
+            raise ActionDataError(f"{len(problems)} example(s) cannot be used for action_cls:\n  {shown}{more}")
+
+        return model_inputs
+
+    def print_data_example(self, example: dict[str, Any]) -> None:
+        print("input_ids:\n{}".format(example["input_ids"]))
+        print("inputs:\n{}".format(self.tokenizer.decode(example["input_ids"], skip_special_tokens=False)))
+        print("action_label:\n{}".format(example["action_labels"]))

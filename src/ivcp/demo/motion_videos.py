@@ -1,0 +1,134 @@
+"""A synthetic 4-class motion-direction video data set (real H.264 mp4 files) in LLaMA-Factory's sharegpt format.
+
+Each clip shows a bright square of random colour and size on a noisy background, moving steadily left, right, up
+or down. The square wraps around the frame edges (toroidal motion) and starts at a uniformly random position, so
+every single frame has the same distribution in every class: only the motion over time tells the classes apart.
+"""
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+
+if TYPE_CHECKING:
+    from numpy.random import Generator
+
+
+DIRECTIONS = ("left", "right", "up", "down")
+_STEPS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (row, column) per frame
+
+
+def _render_frames(direction: str, rng: "Generator", num_frames: int, size: int) -> np.ndarray:
+    r"""Frames of shape (num_frames, size, size, 3), uint8, of a square moving in ``direction``."""
+    square = int(rng.integers(12, 21))
+    speed = int(rng.integers(3, 6))  # pixels per frame
+    colour = rng.integers(160, 256, size=3)
+    background = rng.integers(0, 64, size=3)
+    noise_std = float(rng.uniform(0.0, 20.0))
+    start_row, start_col = (int(value) for value in rng.integers(0, size, size=2))
+    step_row, step_col = _STEPS[direction]
+
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        frame = background + rng.normal(0.0, noise_std, size=(size, size, 3))
+        rows = (start_row + step_row * speed * t + np.arange(square)) % size
+        cols = (start_col + step_col * speed * t + np.arange(square)) % size
+        frame[np.ix_(rows, cols)] = colour
+        frames[t] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+
+    return frames
+
+
+def write_motion_clip(
+    path: str, direction: str, rng: "Generator", num_frames: int = 8, size: int = 64, fps: int = 8
+) -> None:
+    r"""Write an H.264 (yuv420p) mp4 of a random bright square moving steadily in ``direction``."""
+    import av
+
+    if direction not in _STEPS:
+        raise ValueError(f"Unknown direction {direction!r}: use one of {DIRECTIONS}.")
+
+    if size % 2 != 0:
+        raise ValueError("yuv420p needs an even frame size.")
+
+    frames = _render_frames(direction, rng, num_frames, size)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with av.open(path, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = size
+        stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "medium", "threads": "1", "bframes": "0"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _write_split(
+    out_dir: str, split: str, num_per_class: int, rng: "Generator", prompt: str
+) -> list[dict[str, object]]:
+    r"""Write ``num_per_class`` clips per direction, in a shuffled class order, and return their examples."""
+    labels = np.repeat(np.arange(len(DIRECTIONS)), num_per_class)
+    rng.shuffle(labels)
+    examples = []
+    for index, label in enumerate(labels.tolist()):
+        direction = DIRECTIONS[label]
+        video = f"videos/{split}_{index:05d}.mp4"
+        write_motion_clip(os.path.join(out_dir, video), direction, rng)
+        examples.append(
+            {
+                "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": direction}],
+                "videos": [video],
+                "action_label": label,
+            }
+        )
+
+    return examples
+
+
+def make_motion_dataset(
+    out_dir: str,
+    num_train_per_class: int,
+    num_test_per_class: int,
+    seed: int = 0,
+    prompt: str = "<video>What is the person doing?<ACTION>",
+) -> dict[str, str]:
+    r"""Write train and test clips, their sharegpt files and ``dataset_info.json`` under ``out_dir``.
+
+    Video paths in the JSON files are relative to ``out_dir`` (use it as both ``dataset_dir`` and ``media_dir``).
+    ``action_label`` is the index of the direction in :data:`DIRECTIONS`.
+
+    Returns:
+        The data set names (``motion_train``, ``motion_test``) mapped to their JSON files.
+    """
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+    files = {}
+    dataset_info = {}
+    for split, num_per_class in (("train", num_train_per_class), ("test", num_test_per_class)):
+        name = f"motion_{split}"
+        examples = _write_split(out_dir, split, num_per_class, rng, prompt)
+        files[name] = os.path.join(out_dir, f"{name}.json")
+        with open(files[name], "w", encoding="utf-8") as f:
+            json.dump(examples, f, indent=2)
+
+        dataset_info[name] = {
+            "file_name": f"{name}.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "videos": "videos"},
+        }
+
+    info_path = os.path.join(out_dir, "dataset_info.json")
+    if os.path.exists(info_path):  # keep other data sets registered in the same directory
+        with open(info_path, encoding="utf-8") as f:
+            dataset_info = {**json.load(f), **dataset_info}
+
+    with open(info_path, "w", encoding="utf-8") as f:
+        json.dump(dataset_info, f, indent=2)
+
+    return files

@@ -1,0 +1,4 @@
+from .finetuning_args import ActionFinetuningArguments
+
+
+__all__ = ["ActionFinetuningArguments"]

@@ -1,0 +1,139 @@
+"""The backbone + ActionDecoder wrapper: one module for the Trainer, DDP, FSDP and DeepSpeed.
+
+Like TRL's value-head model, the head lives outside the (PEFT-wrapped) backbone, so LoRA and freeze tuning never
+target it. The forward runs the backbone's inner model only (no lm_head, no vocabulary-size logits, no hidden
+states of every layer) and classifies the last hidden state at the last ``<ACTION>`` token.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder
+
+
+BACKBONE_PREFIX = "backbone."
+DECODER_PREFIX = "action_decoder."
+
+
+@dataclass
+class ActionClassifierOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def last_token_positions(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    r"""Index of the last ``token_id`` in each row (works for left and right padding)."""
+    positions = torch.arange(input_ids.size(-1), device=input_ids.device).expand_as(input_ids)
+    last = torch.where(input_ids == token_id, positions, -1).max(dim=-1).values
+    if (last < 0).any():
+        raise ValueError(f"A sequence in the batch has no {ACTION_TOKEN} token.")
+
+    return last
+
+
+class ActionClassificationModel(nn.Module):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        action_decoder: ActionDecoder,
+        action_token_id: int,
+        action_embedding: torch.Tensor,
+        label_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.action_decoder = action_decoder
+        self.action_token_id = action_token_id
+        self.label_names = label_names
+        # its own parameter, so it can have its own learning rate and is saved with the head
+        self.action_embedding = nn.Parameter(action_embedding.detach().clone().float())
+        self.config = self.base_model.config  # HF Trainer and accelerate read `model.config`
+        self.backbone.get_input_embeddings().register_forward_hook(self._write_action_embedding)
+
+    @property
+    def base_model(self) -> nn.Module:
+        r"""The transformers model, without the PEFT wrapper."""
+        return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
+
+    def _write_action_embedding(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        is_action = (args[0] == self.action_token_id).unsqueeze(-1)
+        return torch.where(is_action, self.action_embedding.to(output.dtype), output)
+
+    def create_or_update_model_card(self, output_dir: str) -> None:
+        r"""Called by HF Trainer's model card code for PEFT runs."""
+        if isinstance(self.backbone, PeftModel):
+            self.backbone.create_or_update_model_card(output_dir)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        action_labels: torch.Tensor | None = None,
+        **model_inputs: Any,
+    ) -> ActionClassifierOutput:
+        model = self.base_model
+        inner_model = getattr(model, model.base_model_prefix, model)
+        outputs = inner_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True, **model_inputs
+        )
+        hidden_states = outputs.last_hidden_state
+        positions = last_token_positions(input_ids, self.action_token_id)
+        pooled = hidden_states[torch.arange(hidden_states.size(0), device=hidden_states.device), positions]
+        logits = self.action_decoder(pooled)
+        loss = None
+        if action_labels is not None:
+            loss = F.cross_entropy(logits.float(), action_labels.to(logits.device))
+
+        return ActionClassifierOutput(loss=loss, logits=logits)
+
+    def head_config(self) -> dict[str, Any]:
+        return {"action_token": ACTION_TOKEN, "action_token_id": self.action_token_id, "label_names": self.label_names}
+
+    def save_pretrained(
+        self,
+        save_directory: str,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        safe_serialization: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        r"""Save the backbone (adapter or full model) as usual, and the head next to it.
+
+        ``state_dict`` is what HF Trainer hands ``_save``: the gathered full state under ZeRO-3 and FSDP
+        FULL_STATE_DICT, so it is split by prefix instead of reading the (possibly sharded) modules.
+        """
+        if state_dict is None:
+            state_dict = self.state_dict()
+
+        backbone_state = {k[len(BACKBONE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(BACKBONE_PREFIX)}
+        head_state = {k[len(DECODER_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(DECODER_PREFIX)}
+        self.backbone.save_pretrained(
+            save_directory, state_dict=backbone_state, safe_serialization=safe_serialization, **kwargs
+        )
+        self.action_decoder.save_pretrained(
+            save_directory,
+            action_embedding=state_dict[ACTION_EMBEDDING_KEY],
+            extra_config=self.head_config(),
+            state_dict=head_state,
+        )
+
+    def load_head(self, load_directory: str) -> None:
+        r"""Load decoder weights and the ``<ACTION>`` embedding saved by :meth:`save_pretrained`."""
+        action_embedding = self.action_decoder.load_pretrained(load_directory)
+        if action_embedding is not None:
+            if action_embedding.shape != self.action_embedding.shape:
+                raise ValueError(
+                    f"The {ACTION_TOKEN} embedding in {load_directory} has shape {tuple(action_embedding.shape)}, "
+                    f"the model needs {tuple(self.action_embedding.shape)}: the head was trained for another model."
+                )
+
+            with torch.no_grad():
+                self.action_embedding.copy_(action_embedding)

@@ -1,0 +1,141 @@
+"""Build the trainable ``ActionClassificationModel`` on top of LLaMA-Factory's model loading."""
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
+
+import torch
+from llamafactory.extras import logging
+from llamafactory.model import load_model
+from llamafactory.model.model_utils.embedding import resize_embedding_layer
+from transformers.integrations import is_deepspeed_zero3_enabled
+
+from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head, load_head_config
+from .action_model import ActionClassificationModel
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import ModelArguments
+    from transformers import PreTrainedTokenizer
+
+    from ..hparams import ActionFinetuningArguments
+
+
+logger = logging.get_logger(__name__)
+
+
+def add_action_token(tokenizer: "PreTrainedTokenizer") -> int:
+    r"""Register ``<ACTION>`` as a special token (so it is never split) and return its id."""
+    tokenizer.add_tokens([ACTION_TOKEN], special_tokens=True)
+    token_id = tokenizer.convert_tokens_to_ids(ACTION_TOKEN)
+    if tokenizer.encode(ACTION_TOKEN, add_special_tokens=False) != [token_id]:
+        raise ValueError(f"The tokenizer splits {ACTION_TOKEN}: remove `split_special_tokens: true`.")
+
+    return token_id
+
+
+def _gathered(*params: torch.nn.Parameter):
+    r"""Gather ZeRO-3 partitioned parameters for reading; a no-op otherwise."""
+    if is_deepspeed_zero3_enabled():
+        import deepspeed  # type: ignore
+
+        return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+    return nullcontext()
+
+
+def _initial_action_embedding(backbone: torch.nn.Module, num_tokens: int) -> torch.Tensor:
+    r"""The mean of the real token embeddings: a neutral start that lies on the embedding manifold."""
+    weight = backbone.get_input_embeddings().weight
+    with _gathered(weight), torch.no_grad():
+        return weight[:num_tokens].float().mean(dim=0).cpu()
+
+
+def _freeze_untied_lm_head(backbone: torch.nn.Module) -> None:
+    r"""The head never uses lm_head; an untied trainable lm_head would get no gradient (DDP trips on it)."""
+    output_embeddings = backbone.get_output_embeddings()
+    if output_embeddings is not None and output_embeddings.weight is not backbone.get_input_embeddings().weight:
+        output_embeddings.weight.requires_grad_(False)
+
+
+def find_head_directory(model_args: "ModelArguments", finetuning_args: "ActionFinetuningArguments") -> str | None:
+    r"""Where to start the head from: ``action_decoder_path``, else the last adapter, else the model folder."""
+    if finetuning_args.action_decoder_path is not None:
+        if not has_head(finetuning_args.action_decoder_path):
+            raise FileNotFoundError(
+                f"`action_decoder_path` {finetuning_args.action_decoder_path} holds no action_decoder.safetensors: "
+                "point it at the output_dir (or a checkpoint) of an action_cls run."
+            )
+
+        return finetuning_args.action_decoder_path
+
+    for candidate in (model_args.adapter_name_or_path or [])[::-1] + [model_args.model_name_or_path]:
+        if has_head(candidate):
+            return candidate
+
+    return None
+
+
+def load_action_model(
+    tokenizer: "PreTrainedTokenizer",
+    model_args: "ModelArguments",
+    finetuning_args: "ActionFinetuningArguments",
+    is_trainable: bool,
+    label_names: list[str] | None = None,
+) -> ActionClassificationModel:
+    r"""Load the backbone the LLaMA-Factory way (LoRA / freeze / full) and put the action head on it."""
+    action_token_id = tokenizer.convert_tokens_to_ids(ACTION_TOKEN)
+    num_real_tokens = min(action_token_id, len(tokenizer))
+    backbone = load_model(tokenizer, model_args, finetuning_args, is_trainable)
+    resize_embedding_layer(backbone, tokenizer)  # no-op when the table has spare rows (Qwen2-VL has ~280)
+    _freeze_untied_lm_head(backbone)
+
+    head_directory = find_head_directory(model_args, finetuning_args)
+    if head_directory is None and not is_trainable:
+        raise ValueError(
+            "No trained action head found: pass the adapter of an action_cls run as `adapter_name_or_path`, "
+            "or its output_dir as `action_decoder_path`."
+        )
+
+    head_config = load_head_config(head_directory) if head_directory else None
+    if head_config is not None and label_names is None:
+        label_names = head_config.get("label_names")
+
+    hidden_size = backbone.get_input_embeddings().embedding_dim
+    decoder = ActionDecoder(
+        hidden_size=hidden_size,
+        num_classes=finetuning_args.num_action_classes,
+        decoder_type=finetuning_args.action_decoder_type,
+        decoder_hidden_size=finetuning_args.action_decoder_hidden_size,
+    )
+    model = ActionClassificationModel(
+        backbone=backbone,
+        action_decoder=decoder,
+        action_token_id=action_token_id,
+        action_embedding=_initial_action_embedding(backbone, num_real_tokens),
+        label_names=label_names,
+    )
+    if head_directory is not None:
+        _check_head_config(head_directory, head_config, decoder)
+        model.load_head(head_directory)
+        logger.info_rank0(f"Loaded the action head from {head_directory}.")
+
+    if not is_trainable:
+        model.requires_grad_(False)
+        model.eval()
+
+    return model
+
+
+def _check_head_config(directory: str, config: dict | None, decoder: ActionDecoder) -> None:
+    if config is None:
+        return
+
+    for key, option in (
+        ("num_classes", "num_action_classes"),
+        ("hidden_size", None),
+        ("decoder_type", "action_decoder_type"),
+    ):
+        saved, wanted = config.get(key), decoder.get_config()[key]
+        if saved is not None and saved != wanted:
+            fix = f"set `{option}: {saved}`" if option else "use a head trained on this model"
+            raise ValueError(f"The action head in {directory} has {key}={saved}, but this run has {wanted}: {fix}.")

@@ -1,0 +1,129 @@
+"""HF Trainer for the backbone + head wrapper: saving, resuming and the ``<ACTION>`` learning-rate group."""
+
+import os
+from types import MethodType
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from llamafactory.extras import logging
+from llamafactory.train.callbacks import SaveProcessorCallback
+from llamafactory.train.trainer_utils import create_custom_optimizer, create_custom_scheduler
+from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+from typing_extensions import override
+
+from ...model.action_decoder import HEAD_WEIGHTS_NAME
+
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+
+    from ...hparams import ActionFinetuningArguments
+    from ...model import ActionClassificationModel
+
+
+logger = logging.get_logger(__name__)
+
+
+class ActionClsTrainer(Trainer):
+    model: "ActionClassificationModel"
+
+    def __init__(
+        self, finetuning_args: "ActionFinetuningArguments", processor: Optional["ProcessorMixin"], **kwargs
+    ) -> None:
+        kwargs["processing_class"] = kwargs.pop("tokenizer")
+        super().__init__(**kwargs)
+        self.model_accepts_loss_kwargs = False
+        self.finetuning_args = finetuning_args
+        self.can_return_loss = True  # report eval_loss
+        if processor is not None:
+            self.add_callback(SaveProcessorCallback(processor))
+
+        if finetuning_args.use_badam:
+            from badam import BAdamCallback, clip_grad_norm_old_version  # type: ignore
+
+            self.accelerator.clip_grad_norm_ = MethodType(clip_grad_norm_old_version, self.accelerator)
+            self.add_callback(BAdamCallback)
+
+        self._check_deepspeed_optimizer()
+
+    def _check_deepspeed_optimizer(self) -> None:
+        r"""A DeepSpeed config with its own optimizer never calls create_optimizer: the lr groups would vanish."""
+        if not self.is_deepspeed_enabled or self.finetuning_args.action_token_lr_scale == 1.0:
+            return
+
+        ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        if "optimizer" in ds_config:
+            raise ValueError(
+                "The DeepSpeed config has its own `optimizer` section, which bypasses the parameter groups, so "
+                f"`action_token_lr_scale: {self.finetuning_args.action_token_lr_scale}` would be silently ignored. "
+                "Remove the `optimizer` section (LLaMA-Factory's example configs have none) or set "
+                "`action_token_lr_scale: 1.0`."
+            )
+
+    @override
+    def create_optimizer(self, *args, **kwargs) -> "torch.optim.Optimizer":
+        if self.optimizer is None:
+            self.optimizer = create_custom_optimizer(self.model, self.args, self.finetuning_args)
+
+        optimizer = super().create_optimizer(*args, **kwargs)
+        self._give_action_token_its_lr(optimizer)
+        return optimizer
+
+    def _give_action_token_its_lr(self, optimizer: "torch.optim.Optimizer") -> None:
+        r"""Move the ``<ACTION>`` embedding into its own group with ``lr * action_token_lr_scale``."""
+        param = self.model.action_embedding
+        scale = self.finetuning_args.action_token_lr_scale
+        for group in optimizer.param_groups:
+            if not any(p is param for p in group["params"]):
+                continue
+
+            if scale != 1.0:
+                group["params"] = [p for p in group["params"] if p is not param]
+                optimizer.add_param_group({**group, "params": [param], "lr": group["lr"] * scale, "weight_decay": 0.0})
+                logger.info_rank0(f"The <ACTION> embedding trains with learning rate x {scale}.")
+
+            return
+
+    @override
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: Optional["torch.optim.Optimizer"] = None
+    ) -> "torch.optim.lr_scheduler.LRScheduler":
+        create_custom_scheduler(self.args, num_training_steps, optimizer)
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    @override
+    def _get_train_sampler(self, *args, **kwargs) -> Optional["torch.utils.data.Sampler"]:
+        if self.finetuning_args.disable_shuffling:
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+        return super()._get_train_sampler(*args, **kwargs)
+
+    @override
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        logger.info_rank0(f"Saving model checkpoint to {output_dir}")
+        self.model.save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    @override
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model=self.model.backbone)
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, HEAD_WEIGHTS_NAME)):
+            raise ValueError(
+                f"{resume_from_checkpoint} has no {HEAD_WEIGHTS_NAME}: it was not written by an action_cls run."
+            )
+
+        self.model.load_head(resume_from_checkpoint)
+
+    @override
+    def _load_best_model(self) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # their checkpoints restore the whole wrapper
+            return super()._load_best_model()
+
+        logger.info_rank0(f"Loading best model from {self.state.best_model_checkpoint}.")
+        self._load_from_checkpoint(self.state.best_model_checkpoint)

@@ -1,0 +1,96 @@
+"""``stage: action_cls``: train / evaluate / predict a video action classifier (mirrors LLaMA-Factory's rm stage)."""
+
+from typing import TYPE_CHECKING
+
+from llamafactory.data import get_template_and_fix_tokenizer
+from llamafactory.extras.ploting import plot_loss
+from llamafactory.model import load_tokenizer
+from llamafactory.train.trainer_utils import create_modelcard_and_push
+
+from ...data import ActionDataCollator, get_action_dataset
+from ...model import add_action_token, load_action_model
+from .metric import ComputeActionMetrics
+from .trainer import ActionClsTrainer
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments, TrainerCallback
+
+    from ...hparams import ActionFinetuningArguments
+
+
+LABEL_NAMES = ["action_labels"]
+
+
+def check_action_cls_args(
+    model_args: "ModelArguments", data_args: "DataArguments", finetuning_args: "ActionFinetuningArguments"
+) -> None:
+    r"""Reject settings that would silently break the stage."""
+    if model_args.split_special_tokens:
+        raise ValueError("`split_special_tokens: true` would split the <ACTION> token: remove it for action_cls.")
+
+    if data_args.packing or data_args.neat_packing:
+        raise ValueError("`packing` mixes examples in one sequence, action_cls needs one per sequence: remove it.")
+
+    if finetuning_args.finetuning_type not in ("lora", "full", "freeze"):
+        raise ValueError(
+            f"action_cls supports finetuning_type lora, full and freeze, not {finetuning_args.finetuning_type}."
+        )
+
+
+def run_action_cls(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    finetuning_args: "ActionFinetuningArguments",
+    callbacks: list["TrainerCallback"] | None = None,
+) -> None:
+    check_action_cls_args(model_args, data_args, finetuning_args)
+    tokenizer_module = load_tokenizer(model_args)
+    tokenizer = tokenizer_module["tokenizer"]
+    add_action_token(tokenizer)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    dataset_module = get_action_dataset(
+        template, model_args, data_args, training_args, finetuning_args, **tokenizer_module
+    )
+
+    model = load_action_model(tokenizer, model_args, finetuning_args, training_args.do_train)
+    data_collator = ActionDataCollator(
+        template=template,
+        model=model.backbone,
+        pad_to_multiple_of=8 if training_args.do_train else None,
+        **tokenizer_module,
+    )
+    training_args.label_names = LABEL_NAMES  # LLaMA-Factory forces ["labels"] for LoRA
+    trainer = ActionClsTrainer(
+        model=model,
+        args=training_args,
+        finetuning_args=finetuning_args,
+        data_collator=data_collator,
+        callbacks=callbacks,
+        compute_metrics=ComputeActionMetrics(),
+        **dataset_module,
+        **tokenizer_module,
+    )
+
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        if trainer.is_world_process_zero() and finetuning_args.plot_loss:
+            plot_loss(training_args.output_dir, keys=["loss", "eval_loss", "eval_accuracy"])
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+
+    if training_args.do_predict:
+        predict_results = trainer.predict(dataset_module["eval_dataset"], metric_key_prefix="predict")
+        trainer.log_metrics("predict", predict_results.metrics)
+        trainer.save_metrics("predict", predict_results.metrics)
+
+    create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)

@@ -1,0 +1,93 @@
+"""Session fixtures: a tiny Qwen2-VL built offline, real mp4 clips, and a helper to run the CLI as a user would."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import ivcp
+from ivcp.demo.motion_videos import make_motion_dataset
+from ivcp.demo.tiny_model import build_tiny_qwen2vl
+
+
+BIN_DIR = os.path.dirname(sys.executable)
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+os.environ.update(OFFLINE_ENV)
+ivcp.register()  # in-process tests use LLaMA-Factory's API without importing its tuner first
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return build_tiny_qwen2vl(str(tmp_path_factory.mktemp("tiny_qwen2vl")), seed=0)
+
+
+@pytest.fixture(scope="session")
+def motion_data(tmp_path_factory) -> str:
+    r"""A small 4-class motion dataset (``motion_train`` / ``motion_test`` in its dataset_info.json)."""
+    data_dir = str(tmp_path_factory.mktemp("motion_data"))
+    make_motion_dataset(data_dir, num_train_per_class=4, num_test_per_class=2, seed=0)
+    return data_dir
+
+
+def base_config(model_dir: str, data_dir: str, output_dir: str, **overrides: Any) -> dict[str, Any]:
+    config = {
+        "model_name_or_path": model_dir,
+        "stage": "action_cls",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "dataset": "motion_train",
+        "dataset_dir": data_dir,
+        "media_dir": data_dir,
+        "template": "qwen2_vl",
+        "cutoff_len": 1024,
+        "video_fps": 8,
+        "output_dir": output_dir,
+        "num_action_classes": 4,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1.0e-3,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "save_steps": 2,
+        "plot_loss": True,
+        "report_to": "none",
+        "overwrite_cache": True,
+        "seed": 42,
+    }
+    config.update(overrides)
+    return config
+
+
+def run_cli(
+    config: dict[str, Any], work_dir: Path, *extra_args: str, command: str = "train", check: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    r"""Run ``llamafactory-cli <command> config.yaml [extra_args]`` in a subprocess, as a user would."""
+    config_path = work_dir / f"config_{len(list(work_dir.glob('config_*.yaml')))}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    full_env = {**os.environ, **OFFLINE_ENV, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", **env}
+    result = subprocess.run(
+        [os.path.join(BIN_DIR, "llamafactory-cli"), command, str(config_path), *extra_args],
+        cwd=work_dir,
+        env=full_env,
+        capture_output=True,
+        text=True,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"llamafactory-cli {command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+
+    return result
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def copy_tree(src: str | Path, dst: str | Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -1,0 +1,144 @@
+"""Every rejected-input case of the data path names the dataset file, the example index and the fix."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from llamafactory.data import get_template_and_fix_tokenizer
+from llamafactory.hparams import get_train_args
+from llamafactory.model import load_tokenizer
+
+from ivcp.data import ActionDataError, get_action_dataset
+from ivcp.model import add_action_token
+from ivcp.train.action_cls.workflow import check_action_cls_args
+
+from .conftest import base_config, read_json
+
+
+GOOD_PROMPT = "<video>What is the person doing?<ACTION>"
+
+
+def _example(prompt: str = GOOD_PROMPT, label=0, answer: str | None = "left", video: str | None = None) -> dict:
+    conversations = [{"from": "human", "value": prompt}]
+    if answer is not None:
+        conversations.append({"from": "gpt", "value": answer})
+
+    example = {"conversations": conversations, "videos": [video] if video else []}
+    if label != "missing":
+        example["action_label"] = label
+    return example
+
+
+def _load(tiny_model: str, motion_data: str, tmp_path: Path, examples: list[dict], **overrides):
+    r"""Write ``examples`` as dataset ``case`` next to the motion clips and load it the way training does."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(motion_data, data_dir)
+    info = read_json(data_dir / "dataset_info.json")
+    info["case"] = {**info["motion_train"], "file_name": "case.json"}
+    (data_dir / "dataset_info.json").write_text(json.dumps(info))
+    video = read_json(data_dir / "motion_train.json")[0]["videos"][0]
+    for example in examples:
+        if example["videos"] == []:
+            example["videos"] = [video]
+    (data_dir / "case.json").write_text(json.dumps(examples))
+
+    config = base_config(tiny_model, str(data_dir), str(tmp_path / "out"), dataset="case", **overrides)
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
+    check_action_cls_args(model_args, data_args, finetuning_args)
+    tokenizer_module = load_tokenizer(model_args)
+    add_action_token(tokenizer_module["tokenizer"])
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    return get_action_dataset(template, model_args, data_args, training_args, finetuning_args, **tokenizer_module)
+
+
+def _assert_rejected(tiny_model, motion_data, tmp_path, bad: dict, *fragments: str, **overrides) -> None:
+    with pytest.raises(ActionDataError) as err:
+        _load(tiny_model, motion_data, tmp_path, [_example(), bad], **overrides)
+
+    message = str(err.value)
+    assert "example 1 of case.json" in message, message
+    assert "example 0 " not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_good_examples_are_cut_right_after_action(tiny_model, motion_data, tmp_path):
+    dataset = _load(tiny_model, motion_data, tmp_path, [_example(label=2), _example(label=3, answer=None)])
+    train = dataset["train_dataset"]
+    assert train["action_labels"] == [2, 3]
+    tokenizer = load_tokenizer(get_train_args(base_config(tiny_model, motion_data, str(tmp_path / "o")))[0])[
+        "tokenizer"
+    ]
+    action_id = add_action_token(tokenizer)
+    for input_ids in train["input_ids"]:
+        assert input_ids[-1] == action_id  # the response (and the assistant header) is cut away
+        assert input_ids.count(tokenizer.convert_tokens_to_ids("<|video_pad|>")) > 0
+
+
+def test_label_column_can_be_renamed(tiny_model, motion_data, tmp_path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(motion_data, data_dir)
+    info = read_json(data_dir / "dataset_info.json")
+    info["renamed"] = {**info["motion_train"], "file_name": "renamed.json"}
+    info["renamed"]["columns"] = {**info["renamed"]["columns"], "action_label": "cls"}
+    (data_dir / "dataset_info.json").write_text(json.dumps(info))
+    examples = read_json(data_dir / "motion_train.json")[:2]
+    for example in examples:
+        example["cls"] = 3 - example.pop("action_label")
+    (data_dir / "renamed.json").write_text(json.dumps(examples))
+    config = base_config(tiny_model, str(data_dir), str(tmp_path / "out"), dataset="renamed")
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
+    tokenizer_module = load_tokenizer(model_args)
+    add_action_token(tokenizer_module["tokenizer"])
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    dataset = get_action_dataset(template, model_args, data_args, training_args, finetuning_args, **tokenizer_module)
+    assert dataset["train_dataset"]["action_labels"] == [example["cls"] for example in examples]
+
+
+@pytest.mark.parametrize(
+    "bad, fragments",
+    [
+        (_example(prompt="<video>What is the person doing?"), ["no <ACTION>", "after the video"]),
+        (_example(prompt="<ACTION><video>What is the person doing?"), ["before its video", "after all media"]),
+        (_example(answer="<ACTION>"), ["assistant turn", "move it to the user turn"]),
+        (_example(label="missing"), ["has no `action_label`", "[0, 4)"]),
+        (_example(label=4), ["`action_label` 4, outside [0, 4)", "num_action_classes"]),
+        (_example(label=-1), ["`action_label` -1, outside [0, 4)"]),
+        (_example(label=1.5), ["1.5, which is not an integer"]),
+    ],
+    ids=["no-action", "action-before-video", "action-in-answer", "no-label", "label-too-big", "negative", "float"],
+)
+def test_bad_example_is_rejected(tiny_model, motion_data, tmp_path, bad, fragments):
+    _assert_rejected(tiny_model, motion_data, tmp_path, bad, *fragments)
+
+
+def test_label_given_as_text_is_rejected(tiny_model, motion_data, tmp_path):
+    # a file mixing numbers and text in one column does not load into Arrow at all, so both labels are text here
+    with pytest.raises(ActionDataError) as err:
+        _load(tiny_model, motion_data, tmp_path, [_example(label="walking"), _example(label="running")])
+
+    assert "example 1 of case.json has `action_label` 'running', which is not an integer class id" in str(err.value)
+
+
+def test_too_long_example_is_rejected_not_truncated(tiny_model, motion_data, tmp_path):
+    _assert_rejected(
+        tiny_model,
+        motion_data,
+        tmp_path,
+        _example(prompt="<video>" + "why " * 300 + "<ACTION>"),
+        "more than cutoff_len=256",
+        "raise `cutoff_len`",
+        cutoff_len=256,
+    )
+
+
+def test_missing_video_is_rejected(tiny_model, motion_data, tmp_path):
+    _assert_rejected(
+        tiny_model, motion_data, tmp_path, _example(video="videos/does_not_exist.mp4"), "does_not_exist.mp4"
+    )
+
+
+def test_split_special_tokens_is_rejected(tiny_model, motion_data, tmp_path):
+    with pytest.raises(ValueError, match="split_special_tokens"):
+        _load(tiny_model, motion_data, tmp_path, [_example()], split_special_tokens=True)

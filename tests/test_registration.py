@@ -1,0 +1,107 @@
+import os
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+import ivcp
+from ivcp import integration
+from ivcp.integration import flags_to_dotlist
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, cwd="/", check=True
+    )
+    return result.stdout.strip()
+
+
+def test_pth_hook_registers_after_tuner_import():
+    code = (
+        "import sys, llamafactory.train.tuner as t, llamafactory.hparams.parser as p;"
+        "print(hasattr(t._training_function, '__ivcp_original__'), p._TRAIN_ARGS[3].__name__)"
+    )
+    assert _python(code) == "True ActionFinetuningArguments"
+
+
+def test_opt_out_leaves_llamafactory_untouched():
+    code = (
+        "import sys, llamafactory.train.tuner as t, llamafactory.hparams.parser as p;"
+        "print(hasattr(t._training_function, '__ivcp_original__'), p._TRAIN_ARGS[3].__name__,"
+        " 'ivcp.integration' in sys.modules)"
+    )
+    assert _python(code, IVCP_DISABLE="1") == "False FinetuningArguments False"
+
+
+def test_bootstrap_does_not_import_torch():
+    assert _python(
+        "import sys; print('torch' in sys.modules, any('IvcpFinder' in repr(f) for f in sys.meta_path))"
+    ) == ("False True")
+
+
+def test_documented_aliases_resolve():
+    code = (
+        "from llamafactory.model.action_decoder import ActionDecoder;"
+        "import llamafactory.train.action_cls as a, llamafactory.data.processor.action_cls as d;"
+        "print(ActionDecoder.__module__, a.run_action_cls.__module__, d.ActionDatasetProcessor.__module__)"
+    )
+    assert _python(code) == "ivcp.model.action_decoder ivcp.train.action_cls.workflow ivcp.data.processor"
+
+
+def test_pth_file_is_installed():
+    purelib = sysconfig.get_paths()["purelib"]
+    with open(os.path.join(purelib, "ivcp.pth")) as f:
+        assert f.read().strip() == "import ivcp._autoload"
+
+
+def test_register_is_idempotent():
+    from llamafactory.hparams import parser
+    from llamafactory.train import tuner
+
+    ivcp.register()
+    first = tuner._training_function
+    integration._registered = False  # force the patching code to run again
+    ivcp.register()
+    assert tuner._training_function is first
+    assert first.__ivcp_original__.__module__ == "llamafactory.train.tuner"
+    assert sum(cls.__name__ == "ActionFinetuningArguments" for cls in parser._TRAIN_ARGS) == 1
+
+
+def test_self_check_names_missing_upstream_names(monkeypatch):
+    monkeypatch.setitem(integration.REQUIRED_NAMES, "llamafactory.data.loader", ["no_such_function"])
+    with pytest.raises(RuntimeError, match=r"llamafactory==0\.9\.5.*llamafactory\.data\.loader\.no_such_function"):
+        integration.self_check()
+
+
+@pytest.mark.parametrize(
+    "flags, dotlist",
+    [
+        (["--do_train", "false", "--do_eval", "true"], ["do_train=false", "do_eval=true"]),
+        (["--adapter_name_or_path=out/x", "--plot_loss"], ["adapter_name_or_path=out/x", "plot_loss=true"]),
+        (["do_train=false", "--do_eval", "true"], ["do_train=false", "do_eval=true"]),
+    ],
+)
+def test_flags_to_dotlist(flags, dotlist):
+    assert flags_to_dotlist(flags) == dotlist
+
+
+def test_train_script_moves_yaml_first_and_drops_local_rank(monkeypatch):
+    sys.path.insert(0, os.path.join(REPO, "src"))
+    try:
+        from train import normalize_argv
+    finally:
+        sys.path.pop(0)
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert normalize_argv(["train.py", "--local_rank=1", "x.yaml", "max_steps=2"]) == [
+        "train.py",
+        "x.yaml",
+        "max_steps=2",
+    ]
+    assert os.environ["LOCAL_RANK"] == "1"
+    flags = ["train.py", "--local_rank=0", "--stage", "action_cls"]
+    assert normalize_argv(flags) == flags  # flags alone: --local_rank is a TrainingArguments field
