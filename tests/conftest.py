@@ -74,6 +74,7 @@ def run_cli(
     result = subprocess.run(
         [os.path.join(BIN_DIR, "llamafactory-cli"), command, str(config_path), *extra_args],
         cwd=work_dir,
+        check=False,
         env=full_env,
         capture_output=True,
         text=True,

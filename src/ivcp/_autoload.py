@@ -94,11 +94,11 @@ def _register_quietly() -> None:
         import ivcp
 
         ivcp.register()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001
         sys.stderr.write(f"[ivcp] stage action_cls NOT registered: {err}\n")
 
 
 try:
     install()
-except Exception as err:  # never break the interpreter start-up
+except Exception as err:  # noqa: BLE001  (never break the interpreter start-up)
     sys.stderr.write(f"[ivcp] auto-registration disabled: {err!r}\n")

@@ -65,5 +65,5 @@ def run_action_training(config: dict[str, Any]) -> None:
     try:
         if dist.is_initialized():
             dist.destroy_process_group()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001
         logger.warning(f"Failed to destroy process group: {err}.")
