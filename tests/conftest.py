@@ -64,15 +64,11 @@ def base_config(model_dir: str, data_dir: str, output_dir: str, **overrides: Any
     return config
 
 
-def run_cli(
-    config: dict[str, Any], work_dir: Path, *extra_args: str, command: str = "train", check: bool = True, **env: str
-) -> subprocess.CompletedProcess:
-    r"""Run ``llamafactory-cli <command> config.yaml [extra_args]`` in a subprocess, as a user would."""
-    config_path = work_dir / f"config_{len(list(work_dir.glob('config_*.yaml')))}.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+def llamafactory_cli(work_dir: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    r"""Run ``llamafactory-cli *args`` in a subprocess, as a user would (the venv's bin first on PATH)."""
     full_env = {**os.environ, **OFFLINE_ENV, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", **env}
     result = subprocess.run(
-        [os.path.join(BIN_DIR, "llamafactory-cli"), command, str(config_path), *extra_args],
+        [os.path.join(BIN_DIR, "llamafactory-cli"), *args],
         cwd=work_dir,
         check=False,
         env=full_env,
@@ -80,9 +76,18 @@ def run_cli(
         text=True,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"llamafactory-cli {command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(f"llamafactory-cli {args[0]} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
 
     return result
+
+
+def run_cli(
+    config: dict[str, Any], work_dir: Path, *extra_args: str, command: str = "train", check: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    r"""Write ``config`` as a YAML file and run ``llamafactory-cli <command> it.yaml [extra_args]``."""
+    config_path = work_dir / f"config_{len(list(work_dir.glob('config_*.yaml')))}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return llamafactory_cli(work_dir, command, str(config_path), *extra_args, check=check, **env)
 
 
 def read_json(path: str | Path) -> Any:

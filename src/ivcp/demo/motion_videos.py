@@ -70,7 +70,7 @@ def write_motion_clip(
 
 
 def _write_split(
-    out_dir: str, split: str, num_per_class: int, rng: "Generator", prompt: str
+    out_dir: str, video_dir: str, split: str, num_per_class: int, rng: "Generator", prompt: str
 ) -> list[dict[str, object]]:
     r"""Write ``num_per_class`` clips per direction, in a shuffled class order, and return their examples."""
     labels = np.repeat(np.arange(len(DIRECTIONS)), num_per_class)
@@ -78,7 +78,7 @@ def _write_split(
     examples = []
     for index, label in enumerate(labels.tolist()):
         direction = DIRECTIONS[label]
-        video = f"videos/{split}_{index:05d}.mp4"
+        video = f"{video_dir}/{split}_{index:05d}.mp4"
         write_motion_clip(os.path.join(out_dir, video), direction, rng)
         examples.append(
             {
@@ -97,6 +97,8 @@ def make_motion_dataset(
     num_test_per_class: int,
     seed: int = 0,
     prompt: str = "<video>What is the person doing?<ACTION>",
+    name: str = "motion",
+    video_dir: str = "videos",
 ) -> dict[str, str]:
     r"""Write train and test clips, their sharegpt files and ``dataset_info.json`` under ``out_dir``.
 
@@ -104,21 +106,21 @@ def make_motion_dataset(
     ``action_label`` is the index of the direction in :data:`DIRECTIONS`.
 
     Returns:
-        The data set names (``motion_train``, ``motion_test``) mapped to their JSON files.
+        The data set names (``{name}_train``, ``{name}_test``) mapped to their JSON files.
     """
     rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, video_dir), exist_ok=True)
     files = {}
     dataset_info = {}
     for split, num_per_class in (("train", num_train_per_class), ("test", num_test_per_class)):
-        name = f"motion_{split}"
-        examples = _write_split(out_dir, split, num_per_class, rng, prompt)
-        files[name] = os.path.join(out_dir, f"{name}.json")
-        with open(files[name], "w", encoding="utf-8") as f:
+        dataset_name = f"{name}_{split}"
+        examples = _write_split(out_dir, video_dir, split, num_per_class, rng, prompt)
+        files[dataset_name] = os.path.join(out_dir, f"{dataset_name}.json")
+        with open(files[dataset_name], "w", encoding="utf-8") as f:
             json.dump(examples, f, indent=2)
 
-        dataset_info[name] = {
-            "file_name": f"{name}.json",
+        dataset_info[dataset_name] = {
+            "file_name": f"{dataset_name}.json",
             "formatting": "sharegpt",
             "columns": {"messages": "conversations", "videos": "videos"},
         }

@@ -1,0 +1,121 @@
+"""The wrapper model in-process: pooling at <ACTION>, no lm_head, head loading, and the <ACTION> lr group."""
+
+import pytest
+import torch
+from llamafactory.data import get_template_and_fix_tokenizer
+from llamafactory.hparams import get_train_args
+from llamafactory.model import load_tokenizer
+
+from ivcp.data import ActionDataCollator, get_action_dataset
+from ivcp.model import add_action_token, load_action_model
+from ivcp.model.action_decoder import ActionDecoder
+from ivcp.train.action_cls.trainer import ActionClsTrainer
+
+from .conftest import base_config
+
+
+def _setup(tiny_model, motion_data, tmp_path, **overrides):
+    config = base_config(tiny_model, motion_data, str(tmp_path / "out"), **overrides)
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
+    tokenizer_module = load_tokenizer(model_args)
+    add_action_token(tokenizer_module["tokenizer"])
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    dataset = get_action_dataset(template, model_args, data_args, training_args, finetuning_args, **tokenizer_module)
+    model = load_action_model(tokenizer_module["tokenizer"], model_args, finetuning_args, training_args.do_train)
+    collator = ActionDataCollator(template=template, model=model.backbone, **tokenizer_module)
+    batch = collator([dataset["train_dataset"][i] for i in range(2)])
+    return model, batch, (model_args, training_args, finetuning_args, tokenizer_module, dataset, collator)
+
+
+def test_logits_come_from_the_action_hidden_state_without_lm_head(tiny_model, motion_data, tmp_path):
+    model, batch, _ = _setup(tiny_model, motion_data, tmp_path)
+    lm_head = model.base_model.get_output_embeddings()
+    assert not lm_head.weight.requires_grad  # untied and unused: frozen
+    lm_head.register_forward_hook(lambda *args: pytest.fail("lm_head must not run"))
+
+    output = model(**batch)
+    assert output.logits.shape == (2, 4) and output.loss.ndim == 0
+    output.loss.backward()
+    assert model.action_embedding.grad is not None and model.action_embedding.grad.abs().sum() > 0
+    assert model.action_decoder.net.weight.grad.abs().sum() > 0
+
+    with torch.no_grad():  # same numbers by hand: the last hidden state at the last <ACTION>, through the head
+        inner = model.base_model.model
+        inputs = {k: v for k, v in batch.items() if k != "action_labels"}
+        hidden = inner(**inputs, use_cache=False).last_hidden_state
+        action_id = model.action_token_id
+        positions = [max(i for i, t in enumerate(row.tolist()) if t == action_id) for row in batch["input_ids"]]
+        expected = model.action_decoder(hidden[torch.arange(2), positions])
+        torch.testing.assert_close(model(**batch).logits, expected)
+
+
+def test_action_embedding_replaces_the_table_row(tiny_model, motion_data, tmp_path):
+    model, batch, _ = _setup(tiny_model, motion_data, tmp_path)
+    with torch.no_grad():
+        model.action_embedding.fill_(3.0)
+        embeds = model.backbone.get_input_embeddings()(batch["input_ids"])
+
+    is_action = batch["input_ids"] == model.action_token_id
+    assert torch.all(embeds[is_action] == 3.0)
+    assert not torch.any(embeds[~is_action] == 3.0)
+
+
+def test_action_token_gets_its_own_learning_rate(tiny_model, motion_data, tmp_path):
+    model, _, (_, training_args, finetuning_args, tokenizer_module, dataset, collator) = _setup(
+        tiny_model, motion_data, tmp_path, learning_rate=1e-3, action_token_lr_scale=0.25
+    )
+    trainer = ActionClsTrainer(
+        model=model,
+        args=training_args,
+        finetuning_args=finetuning_args,
+        data_collator=collator,
+        train_dataset=dataset["train_dataset"],
+        **tokenizer_module,
+    )
+    optimizer = trainer.create_optimizer()
+    groups = [group for group in optimizer.param_groups if any(p is model.action_embedding for p in group["params"])]
+    assert len(groups) == 1 and groups[0]["params"] == [model.action_embedding]
+    assert groups[0]["lr"] == pytest.approx(2.5e-4) and groups[0]["weight_decay"] == 0.0
+    others = [group for group in optimizer.param_groups if group is not groups[0]]
+    assert all(group["lr"] == pytest.approx(1e-3) for group in others)
+    assert any(p is model.action_decoder.net.weight for group in others for p in group["params"])
+
+    # one real step: the row moves by lr * scale (Adam's first step is lr * sign(grad), clipping aside)
+    before = model.action_embedding.detach().clone()
+    trainer.create_scheduler(num_training_steps=10, optimizer=optimizer)
+    batch = collator([dataset["train_dataset"][i] for i in range(2)])
+    model(**batch).loss.backward()
+    optimizer.step()
+    step = (model.action_embedding.detach() - before).abs()
+    moved = step[step > 0]
+    assert moved.numel() > 0 and torch.allclose(moved, torch.full_like(moved, moved.max()), rtol=0.05)
+    assert moved.max() <= 2.5e-4 * 1.01
+
+
+def test_head_starts_from_action_decoder_path(tiny_model, motion_data, tmp_path):
+    saved = ActionDecoder(hidden_size=64, num_classes=4)
+    saved.save_pretrained(str(tmp_path / "head"), action_embedding=torch.full((64,), 0.5))
+    model, _, _ = _setup(tiny_model, motion_data, tmp_path, action_decoder_path=str(tmp_path / "head"))
+    assert torch.equal(model.action_decoder.net.weight, saved.net.weight)
+    assert torch.all(model.action_embedding == 0.5)
+
+
+@pytest.mark.parametrize(
+    "saved, message",
+    [
+        (
+            ActionDecoder(hidden_size=64, num_classes=7),
+            "num_classes=7, but this run has 4: set `num_action_classes: 7`",
+        ),
+        (ActionDecoder(hidden_size=32, num_classes=4), "hidden_size=32, but this run has 64"),
+    ],
+)
+def test_mismatched_action_decoder_path_is_rejected(tiny_model, motion_data, tmp_path, saved, message):
+    saved.save_pretrained(str(tmp_path / "head"))
+    with pytest.raises(ValueError, match=message):
+        _setup(tiny_model, motion_data, tmp_path, action_decoder_path=str(tmp_path / "head"))
+
+
+def test_missing_action_decoder_path_is_rejected(tiny_model, motion_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no action_decoder.safetensors"):
+        _setup(tiny_model, motion_data, tmp_path, action_decoder_path=str(tmp_path))

@@ -1,0 +1,36 @@
+"""Learning, not just running: classes that differ only by motion over time are told apart on held-out clips.
+
+This proves the gradient path video -> vision tower -> backbone -> <ACTION> hidden state -> head. It trains the
+shipped demo config (examples/demo) on freshly generated clips that the demo data never contained.
+"""
+
+import os
+
+import yaml
+
+from ivcp.demo.motion_videos import make_motion_dataset
+
+from .conftest import read_json, run_cli
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_motion_direction_is_learned(tiny_model, tmp_path):
+    data_dir = tmp_path / "data"
+    make_motion_dataset(str(data_dir), num_train_per_class=36, num_test_per_class=12, seed=7)
+    with open(os.path.join(REPO, "examples", "demo", "tiny_qwen2vl_action_cls.yaml"), encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+
+    config.update(
+        model_name_or_path=tiny_model,
+        dataset="motion_train",
+        eval_dataset="motion_test",
+        dataset_dir=str(data_dir),
+        media_dir=str(data_dir),
+        output_dir=str(tmp_path / "out"),
+        plot_loss=False,
+    )
+    run_cli(config, tmp_path)
+    metrics = read_json(tmp_path / "out" / "eval_results.json")
+    assert metrics["eval_accuracy"] >= 0.9, metrics  # chance is 0.25 on the 48 held-out clips
