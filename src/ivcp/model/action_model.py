@@ -70,6 +70,11 @@ class ActionClassificationModel(nn.Module):
         if isinstance(self.backbone, PeftModel):
             self.backbone.create_or_update_model_card(output_dir)
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        r"""HF Trainer reads it to choose DDP's ``find_unused_parameters``."""
+        return getattr(self.base_model, "is_gradient_checkpointing", False)
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
         self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 logger = logging.get_logger(__name__)
 
+ACTION_GROUP_NAME = "action_token"
+
 
 class ActionClsTrainer(Trainer):
     model: "ActionClassificationModel"
@@ -71,19 +73,26 @@ class ActionClsTrainer(Trainer):
         return optimizer
 
     def _give_action_token_its_lr(self, optimizer: "torch.optim.Optimizer") -> None:
-        r"""Move the ``<ACTION>`` embedding into its own group with ``lr * action_token_lr_scale``."""
+        r"""Move the ``<ACTION>`` embedding into its own group with ``lr * action_token_lr_scale`` (once)."""
         param = self.model.action_embedding
         scale = self.finetuning_args.action_token_lr_scale
+        if scale == 1.0 or any(group.get("name") == ACTION_GROUP_NAME for group in optimizer.param_groups):
+            return  # DeepSpeed calls create_optimizer more than once: never scale twice
+
         for group in optimizer.param_groups:
-            if not any(p is param for p in group["params"]):
-                continue
-
-            if scale != 1.0:
+            if any(p is param for p in group["params"]):
                 group["params"] = [p for p in group["params"] if p is not param]
-                optimizer.add_param_group({**group, "params": [param], "lr": group["lr"] * scale, "weight_decay": 0.0})
+                optimizer.add_param_group(
+                    {
+                        **group,
+                        "params": [param],
+                        "lr": group["lr"] * scale,
+                        "weight_decay": 0.0,
+                        "name": ACTION_GROUP_NAME,
+                    }
+                )
                 logger.info_rank0(f"The <ACTION> embedding trains with learning rate x {scale}.")
-
-            return
+                return
 
     @override
     def create_scheduler(
