@@ -7,30 +7,26 @@ import os
 import sys
 
 
-def normalize_argv(argv: list[str]) -> list[str]:
-    r"""Drop the ``--local_rank`` the DeepSpeed launcher puts before the user's arguments when a YAML is given.
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
-    LLaMA-Factory only reads a config file from ``argv[1]``; the rank is in the LOCAL_RANK environment anyway.
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    r"""Drop the ``--local_rank`` the DeepSpeed launcher puts before a YAML path.
+
+    LLaMA-Factory reads a config file only from ``argv[1]``; the rank is in the LOCAL_RANK environment anyway.
+    Command-line flags are left alone (``--local_rank`` is a TrainingArguments field there).
     """
-    args = list(argv[1:])
-    has_config = any(arg.endswith((".yaml", ".yml", ".json")) and not arg.startswith("--") for arg in args)
-    if not has_config:
+    args, rank = list(argv[1:]), None
+    if args and args[0].startswith(("--local_rank=", "--local-rank=")):
+        rank, args = args[0].split("=", 1)[1], args[1:]
+    elif len(args) > 1 and args[0] in ("--local_rank", "--local-rank"):
+        rank, args = args[1], args[2:]
+
+    if rank is None or not args or not args[0].endswith(CONFIG_SUFFIXES):
         return argv
 
-    cleaned, i = [], 0
-    while i < len(args):
-        if args[i].startswith("--local_rank=") or args[i].startswith("--local-rank="):
-            os.environ.setdefault("LOCAL_RANK", args[i].split("=", 1)[1])
-            i += 1
-        elif args[i] in ("--local_rank", "--local-rank") and i + 1 < len(args):
-            os.environ.setdefault("LOCAL_RANK", args[i + 1])
-            i += 2
-        else:
-            cleaned.append(args[i])
-            i += 1
-
-    config_index = next(i for i, arg in enumerate(cleaned) if arg.endswith((".yaml", ".yml", ".json")))
-    return [argv[0], cleaned[config_index]] + cleaned[:config_index] + cleaned[config_index + 1 :]
+    os.environ.setdefault("LOCAL_RANK", rank)
+    return [argv[0], *args]
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,36 +63,43 @@ def base_config(model_dir: str, data_dir: str, output_dir: str, **overrides: Any
     return config
 
 
-def llamafactory_cli(work_dir: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    r"""Run ``llamafactory-cli *args`` in a subprocess, as a user would (the venv's bin first on PATH)."""
+def run_command(
+    work_dir: Path, *args: str, check: bool = True, timeout: float = 900, **env: str
+) -> subprocess.CompletedProcess:
+    r"""Run a command of the venv (``llamafactory-cli``, ``accelerate``, ``deepspeed``...) as a user would."""
     full_env = {**os.environ, **OFFLINE_ENV, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", **env}
     result = subprocess.run(
-        [os.path.join(BIN_DIR, "llamafactory-cli"), *args],
+        [os.path.join(BIN_DIR, args[0]), *args[1:]],
         cwd=work_dir,
         check=False,
         env=full_env,
         capture_output=True,
         text=True,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"llamafactory-cli {args[0]} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(f"{' '.join(args[:2])} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
 
     return result
+
+
+def llamafactory_cli(work_dir: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    return run_command(work_dir, "llamafactory-cli", *args, check=check, **env)
+
+
+def write_config(config: dict[str, Any], work_dir: Path) -> str:
+    config_path = work_dir / f"config_{len(list(work_dir.glob('config_*.yaml')))}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return str(config_path)
 
 
 def run_cli(
     config: dict[str, Any], work_dir: Path, *extra_args: str, command: str = "train", check: bool = True, **env: str
 ) -> subprocess.CompletedProcess:
     r"""Write ``config`` as a YAML file and run ``llamafactory-cli <command> it.yaml [extra_args]``."""
-    config_path = work_dir / f"config_{len(list(work_dir.glob('config_*.yaml')))}.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    return llamafactory_cli(work_dir, command, str(config_path), *extra_args, check=check, **env)
+    return llamafactory_cli(work_dir, command, write_config(config, work_dir), *extra_args, check=check, **env)
 
 
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def copy_tree(src: str | Path, dst: str | Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -103,5 +103,6 @@ def test_train_script_moves_yaml_first_and_drops_local_rank(monkeypatch):
         "max_steps=2",
     ]
     assert os.environ["LOCAL_RANK"] == "1"
-    flags = ["train.py", "--local_rank=0", "--stage", "action_cls"]
+    assert normalize_argv(["train.py", "--local_rank", "0", "x.yml"]) == ["train.py", "x.yml"]
+    flags = ["train.py", "--local_rank=0", "--deepspeed", "ds_z3_config.json", "--stage", "action_cls"]
     assert normalize_argv(flags) == flags  # flags alone: --local_rank is a TrainingArguments field

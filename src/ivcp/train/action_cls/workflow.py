@@ -63,6 +63,8 @@ def run_action_cls(
         **tokenizer_module,
     )
     training_args.label_names = LABEL_NAMES  # LLaMA-Factory forces ["labels"] for LoRA
+    if training_args.ddp_find_unused_parameters is None:  # what HF Trainer decides for a bare PreTrainedModel
+        training_args.ddp_find_unused_parameters = not model.is_gradient_checkpointing
     trainer = ActionClsTrainer(
         model=model,
         args=training_args,
