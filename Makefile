@@ -10,6 +10,7 @@ export HF_HUB_OFFLINE := 1
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt -e ".[test]"
+	DS_BUILD_OPS=0 $(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt --no-build-isolation deepspeed
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -96,7 +96,7 @@ def test_train_script_moves_yaml_first_and_drops_local_rank(monkeypatch):
     finally:
         sys.path.pop(0)
 
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(os, "environ", {key: value for key, value in os.environ.items() if key != "LOCAL_RANK"})
     assert normalize_argv(["train.py", "--local_rank=1", "x.yaml", "max_steps=2"]) == [
         "train.py",
         "x.yaml",

@@ -71,6 +71,11 @@ class ActionClassificationModel(nn.Module):
             self.backbone.create_or_update_model_card(output_dir)
 
     @property
+    def _no_split_modules(self) -> list[str]:
+        r"""FSDP's transformer-based wrap policy (accelerate) wraps these: the backbone's blocks and the head."""
+        return [*(getattr(self.base_model, "_no_split_modules", None) or []), type(self.action_decoder).__name__]
+
+    @property
     def is_gradient_checkpointing(self) -> bool:
         r"""HF Trainer reads it to choose DDP's ``find_unused_parameters``."""
         return getattr(self.base_model, "is_gradient_checkpointing", False)

@@ -48,6 +48,16 @@ class ActionClsTrainer(Trainer):
             self.add_callback(BAdamCallback)
 
         self._check_deepspeed_optimizer()
+        self._check_fsdp_state_dict_type()
+
+    def _check_fsdp_state_dict_type(self) -> None:
+        r"""HF Trainer calls ``_save`` (and so writes the head) only for FSDP's FULL_STATE_DICT."""
+        if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+            raise ValueError(
+                "action_cls saves action_decoder.safetensors from the gathered full state dict, but this FSDP run "
+                f"uses {self.accelerator.state.fsdp_plugin.state_dict_type}: set `fsdp_state_dict_type: "
+                "FULL_STATE_DICT` in the accelerate config (see examples/accelerate/fsdp_config.yaml)."
+            )
 
     def _check_deepspeed_optimizer(self) -> None:
         r"""A DeepSpeed config with its own optimizer never calls create_optimizer: the lr groups would vanish."""
