@@ -14,9 +14,13 @@ from .conftest import base_config, llamafactory_cli, read_json, run_cli
 HEAD_FILES = ("action_decoder.safetensors", "action_decoder_config.json")
 
 
-def _losses(output_dir) -> list[float]:
+def _log_records(output_dir) -> list[dict]:
     with open(os.path.join(output_dir, "trainer_log.jsonl"), encoding="utf-8") as f:
-        return [record["loss"] for record in map(json.loads, f) if "loss" in record]
+        return [json.loads(line) for line in f]
+
+
+def _losses(output_dir) -> list[float]:
+    return [record["loss"] for record in _log_records(output_dir) if "loss" in record]
 
 
 def _assert_head_files(directory, num_classes: int = 4) -> dict[str, torch.Tensor]:
@@ -33,8 +37,11 @@ def _assert_head_files(directory, num_classes: int = 4) -> dict[str, torch.Tenso
 
 def test_lora_train_then_evaluate(tiny_model, motion_data, tmp_path):
     output_dir = tmp_path / "lora"
-    config = base_config(tiny_model, motion_data, str(output_dir), eval_dataset="motion_test")
+    config = base_config(tiny_model, motion_data, str(output_dir), val_size=0.25, eval_strategy="steps", eval_steps=2)
     run_cli(config, tmp_path)
+    history = read_json(output_dir / "trainer_state.json")["log_history"]
+    evaluations = [record for record in history if "eval_accuracy" in record]
+    assert evaluations and all(0 <= r["eval_accuracy"] <= 1 and r["eval_loss"] > 0 for r in evaluations)
 
     head = _assert_head_files(output_dir)
     _assert_head_files(output_dir / "checkpoint-2")
@@ -50,7 +57,7 @@ def test_lora_train_then_evaluate(tiny_model, motion_data, tmp_path):
     assert not torch.equal(head["net.weight"], load_file(output_dir / "checkpoint-2" / HEAD_FILES[0])["net.weight"])
 
     # evaluation exactly as the usage notes write it: flags after the YAML path
-    eval_config = {**config, "output_dir": str(tmp_path / "eval")}
+    eval_config = base_config(tiny_model, motion_data, str(tmp_path / "eval"), eval_dataset="motion_test")
     run_cli(
         eval_config, tmp_path, "--do_train", "false", "--do_eval", "true", "--adapter_name_or_path", str(output_dir)
     )
