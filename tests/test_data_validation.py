@@ -76,6 +76,17 @@ def test_good_examples_are_cut_right_after_action(tiny_model, motion_data, tmp_p
         assert input_ids.count(tokenizer.convert_tokens_to_ids("<|video_pad|>")) > 0
 
 
+def test_the_last_of_several_action_tokens_is_classified(tiny_model, motion_data, tmp_path):
+    prompt = "<video>Look<ACTION> and tell: what is the person doing?<ACTION>"
+    train = _load(tiny_model, motion_data, tmp_path, [_example(prompt=prompt)])["train_dataset"]
+    tokenizer = load_tokenizer(get_train_args(base_config(tiny_model, motion_data, str(tmp_path / "o")))[0])[
+        "tokenizer"
+    ]
+    action_id = add_action_token(tokenizer)
+    input_ids = train["input_ids"][0]
+    assert input_ids.count(action_id) == 2 and input_ids[-1] == action_id
+
+
 def test_label_column_can_be_renamed(tiny_model, motion_data, tmp_path):
     data_dir = tmp_path / "data"
     shutil.copytree(motion_data, data_dir)
@@ -103,7 +114,7 @@ def test_label_column_can_be_renamed(tiny_model, motion_data, tmp_path):
         (_example(prompt="<ACTION><video>What is the person doing?"), ["before its video", "after all media"]),
         (_example(answer="<ACTION>"), ["assistant turn", "move it to the user turn"]),
         (_example(label="missing"), ["has no `action_label`", "[0, 4)"]),
-        (_example(label=4), ["`action_label` 4, outside [0, 4)", "num_action_classes"]),
+        (_example(label=6), ["`action_label` 6, outside [0, 4)", "at least 7 classes", "`num_action_classes: 7`"]),
         (_example(label=-1), ["`action_label` -1, outside [0, 4)"]),
         (_example(label=1.5), ["1.5, which is not an integer"]),
     ],

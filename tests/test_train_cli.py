@@ -115,6 +115,33 @@ def test_resume_gives_the_same_head_as_an_uninterrupted_run(tiny_model, motion_d
         torch.testing.assert_close(adapter_b[key], adapter_a[key], rtol=0, atol=1e-6)
 
 
+def test_load_best_model_at_end_restores_the_best_head(tiny_model, motion_data, tmp_path):
+    output_dir = tmp_path / "best"
+    config = base_config(
+        tiny_model,
+        motion_data,
+        str(output_dir),
+        max_steps=6,
+        save_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        eval_dataset="motion_test",
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        learning_rate=5e-2,
+    )
+    run_cli(config, tmp_path)
+    state = read_json(output_dir / "trainer_state.json")
+    best = state["best_model_checkpoint"]
+    assert best is not None and not best.endswith("checkpoint-6"), "pick a setting where the last step is not the best"
+    final, best_head = load_file(output_dir / HEAD_FILES[0]), load_file(os.path.join(best, HEAD_FILES[0]))
+    for key in best_head:
+        assert torch.equal(final[key], best_head[key]), key
+    final_adapter = load_file(output_dir / "adapter_model.safetensors")
+    best_adapter = load_file(os.path.join(best, "adapter_model.safetensors"))
+    assert all(torch.equal(final_adapter[key], best_adapter[key]) for key in best_adapter)
+
+
 def test_sft_is_unchanged_by_ivcp(tiny_model, motion_data, tmp_path):
     config = base_config(tiny_model, motion_data, "", stage="sft", max_steps=3, save_steps=100)
     for key in ("num_action_classes",):

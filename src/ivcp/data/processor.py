@@ -20,6 +20,12 @@ from .converter import INDEX_FIELD, LABEL_FIELD, SOURCE_FIELD
 MAX_REPORTED_PROBLEMS = 10
 
 
+class LabelOutOfRangeError(ActionDataError):
+    def __init__(self, label: int, message: str) -> None:
+        super().__init__(message)
+        self.label = label
+
+
 def parse_action_label(raw: str, num_classes: int, where: str) -> int:
     r"""Turn the stored JSON label into a class id, or explain what is wrong with it."""
     value = json.loads(raw)
@@ -36,9 +42,10 @@ def parse_action_label(raw: str, num_classes: int, where: str) -> int:
         )
 
     if not 0 <= value < num_classes:
-        raise ActionDataError(
+        raise LabelOutOfRangeError(
+            value,
             f"{where} has `action_label` {value}, outside [0, {num_classes}): fix the label, "
-            f"or set `num_action_classes` to the number of classes of the data."
+            f"or set `num_action_classes` to the number of classes of the data.",
         )
 
     return value
@@ -111,6 +118,7 @@ class ActionDatasetProcessor(DatasetProcessor):
     def preprocess_dataset(self, examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
         model_inputs = defaultdict(list)
         problems: list[str] = []
+        labels_too_large: list[int] = []
         for i in range(len(examples["_prompt"])):
             example = {key: values[i] for key, values in examples.items()}
             where = describe_example(example[SOURCE_FIELD], example[INDEX_FIELD])
@@ -119,6 +127,8 @@ class ActionDatasetProcessor(DatasetProcessor):
                 input_ids = self._encode_example(example, where)
             except ActionDataError as err:
                 problems.append(str(err))
+                if isinstance(err, LabelOutOfRangeError) and err.label >= self.num_classes:
+                    labels_too_large.append(err.label)
                 continue
 
             model_inputs["input_ids"].append(input_ids)
@@ -135,7 +145,14 @@ class ActionDatasetProcessor(DatasetProcessor):
                 if len(problems) > MAX_REPORTED_PROBLEMS
                 else ""
             )
-            raise ActionDataError(f"{len(problems)} example(s) cannot be used for action_cls:\n  {shown}{more}")
+            hint = ""
+            if labels_too_large:
+                hint = (
+                    f"\nLabels go up to {max(labels_too_large)}, so the data has at least {max(labels_too_large) + 1} "
+                    f"classes, but num_action_classes={self.num_classes}: set `num_action_classes: "
+                    f"{max(labels_too_large) + 1}` (or more) if those labels are right."
+                )
+            raise ActionDataError(f"{len(problems)} example(s) cannot be used for action_cls:\n  {shown}{more}{hint}")
 
         return model_inputs
 

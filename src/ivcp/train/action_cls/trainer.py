@@ -123,7 +123,9 @@ class ActionClsTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         logger.info_rank0(f"Saving model checkpoint to {output_dir}")
-        self.model.save_pretrained(output_dir, state_dict=state_dict)
+        self.accelerator.unwrap_model(self.model, keep_torch_compile=False).save_pretrained(
+            output_dir, state_dict=state_dict
+        )
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
 
