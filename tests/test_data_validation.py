@@ -11,7 +11,7 @@ from llamafactory.model import load_tokenizer
 
 from ivcp.data import ActionDataError, get_action_dataset
 from ivcp.model import add_action_token
-from ivcp.train.action_cls.workflow import check_action_cls_args
+from ivcp.train.action_cls.workflow import check_action_cls_args, resolve_label_names
 
 from .conftest import base_config, read_json
 
@@ -49,7 +49,10 @@ def _load(tiny_model: str, motion_data: str, tmp_path: Path, examples: list[dict
     tokenizer_module = load_tokenizer(model_args)
     add_action_token(tokenizer_module["tokenizer"])
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    return get_action_dataset(template, model_args, data_args, training_args, finetuning_args, **tokenizer_module)
+    label_names = resolve_label_names(model_args, data_args, finetuning_args)
+    return get_action_dataset(
+        template, model_args, data_args, training_args, finetuning_args, **tokenizer_module, label_names=label_names
+    )
 
 
 def _assert_rejected(tiny_model, motion_data, tmp_path, bad: dict, *fragments: str, **overrides) -> None:
@@ -153,3 +156,20 @@ def test_missing_video_is_rejected(tiny_model, motion_data, tmp_path):
 def test_split_special_tokens_is_rejected(tiny_model, motion_data, tmp_path):
     with pytest.raises(ValueError, match="split_special_tokens"):
         _load(tiny_model, motion_data, tmp_path, [_example()], split_special_tokens=True)
+
+
+def test_unknown_label_name_is_rejected(tiny_model, motion_data, tmp_path):
+    (tmp_path / "names.txt").write_text("left\nright\nup\ndown\n")
+    with pytest.raises(ActionDataError) as err:
+        _load(
+            tiny_model,
+            motion_data,
+            tmp_path,
+            [_example(label="left"), _example(label="sideways")],
+            action_label_names=str(tmp_path / "names.txt"),
+        )
+
+    assert "example 1 of case.json has `action_label` 'sideways', which is not one of the 4 label names" in str(
+        err.value
+    )
+    assert "example 0 " not in str(err.value)

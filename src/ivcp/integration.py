@@ -168,17 +168,19 @@ def _get_dataset_processor_wrapper(original: Callable) -> Callable:
             processor=processor,
             data_args=data_args,
             num_classes=config.num_classes,
+            label_names=config.label_names,
         )
 
     return _get_dataset_processor
 
 
 def _dataset_attr_join_wrapper(original: Callable) -> Callable:
-    r"""Also read a ``columns: {action_label: ...}`` entry of dataset_info.json (default: ``action_label``)."""
+    r"""Also read ``columns: {action_label: ...}`` (default ``action_label``) and ``label_names`` of dataset_info.json."""
 
     def join(self, attr: dict[str, Any]) -> None:
         original(self, attr)
         self.action_label = attr.get("columns", {}).get("action_label", "action_label")
+        self.action_label_names = attr.get("label_names")
 
     return join
 

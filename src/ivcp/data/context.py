@@ -10,6 +10,7 @@ from dataclasses import dataclass
 class ActionDataConfig:
     num_classes: int
     label_column: str = "action_label"
+    label_names: tuple[str, ...] | None = None
 
 
 _ACTIVE_CONFIG: ContextVar[ActionDataConfig | None] = ContextVar("ivcp_action_data", default=None)

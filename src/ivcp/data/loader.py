@@ -25,9 +25,13 @@ def get_action_dataset(
     finetuning_args: "ActionFinetuningArguments",
     tokenizer: "PreTrainedTokenizer",
     processor: "ProcessorMixin | None" = None,
+    label_names: list[str] | None = None,
 ) -> "DatasetModule":
     r"""Everything LLaMA-Factory's loader does (caching, splits, workers), with the action converter and processor."""
-    with loading_action_data(ActionDataConfig(num_classes=finetuning_args.num_action_classes)):
+    config = ActionDataConfig(
+        num_classes=finetuning_args.num_action_classes, label_names=tuple(label_names) if label_names else None
+    )
+    with loading_action_data(config):
         return get_dataset(
             template, model_args, data_args, training_args, ACTION_STAGE, tokenizer=tokenizer, processor=processor
         )

@@ -26,9 +26,18 @@ class LabelOutOfRangeError(ActionDataError):
         self.label = label
 
 
-def parse_action_label(raw: str, num_classes: int, where: str) -> int:
-    r"""Turn the stored JSON label into a class id, or explain what is wrong with it."""
+def parse_action_label(raw: str, num_classes: int, where: str, label_names: tuple[str, ...] | None = None) -> int:
+    r"""Turn the stored JSON label (a class id, or a class name when names are known) into a class id."""
     value = json.loads(raw)
+    if isinstance(value, str) and label_names:
+        if value not in label_names:
+            known = ", ".join(repr(name) for name in label_names[:10]) + (", ..." if len(label_names) > 10 else "")
+            raise ActionDataError(
+                f"{where} has `action_label` {value!r}, which is not one of the {len(label_names)} label names "
+                f"({known}): fix the label or add the name to the label names."
+            )
+        return label_names.index(value)
+
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # Arrow stores every label of a file as float once one of them is a float
 
@@ -37,8 +46,9 @@ def parse_action_label(raw: str, num_classes: int, where: str) -> int:
 
     if isinstance(value, bool) or not isinstance(value, int):
         raise ActionDataError(
-            f"{where} has `action_label` {value!r}, which is not an integer class id: "
-            f"use an integer in [0, {num_classes})."
+            f"{where} has `action_label` {value!r}, which is not an integer class id: use an integer in "
+            f"[0, {num_classes})"
+            + (", or give class names (`action_label_names`)." if isinstance(value, str) else ".")
         )
 
     if not 0 <= value < num_classes:
@@ -54,6 +64,7 @@ def parse_action_label(raw: str, num_classes: int, where: str) -> int:
 @dataclass
 class ActionDatasetProcessor(DatasetProcessor):
     num_classes: int = 51
+    label_names: tuple[str, ...] | None = None
 
     def _check_messages(self, messages: list[dict[str, str]], where: str) -> None:
         if len(messages) % 2 != 0 or len(messages) == 0:
@@ -123,7 +134,7 @@ class ActionDatasetProcessor(DatasetProcessor):
             example = {key: values[i] for key, values in examples.items()}
             where = describe_example(example[SOURCE_FIELD], example[INDEX_FIELD])
             try:
-                label = parse_action_label(example[LABEL_FIELD], self.num_classes, where)
+                label = parse_action_label(example[LABEL_FIELD], self.num_classes, where, self.label_names)
                 input_ids = self._encode_example(example, where)
             except ActionDataError as err:
                 problems.append(str(err))

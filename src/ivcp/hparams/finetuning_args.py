@@ -31,6 +31,13 @@ class ActionFinetuningArguments(FinetuningArguments):
         default=None,
         metadata={"help": "A folder holding `action_decoder.safetensors` to start the head from."},
     )
+    action_label_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "A .json (list, or {id: name}) or .txt (one per line) file of class names. Default: a "
+            "`label_names` entry of the dataset in dataset_info.json, else the names saved with the head."
+        },
+    )
     action_token_lr_scale: float = field(
         default=0.1,
         metadata={"help": "The `<ACTION>` embedding is trained with learning_rate * action_token_lr_scale."},

@@ -1,16 +1,92 @@
-"""Metrics of the ``action_cls`` stage, computed from the Trainer's gathered logits."""
+"""Metrics of the ``action_cls`` stage, computed from the Trainer's gathered logits with scikit-learn."""
 
+import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
 from transformers import EvalPrediction
+
+
+TOP_K = 5
+
+
+def class_names(num_classes: int, label_names: list[str] | None) -> list[str]:
+    return list(label_names) if label_names else [str(i) for i in range(num_classes)]
+
+
+def top_k_for(num_classes: int) -> int | None:
+    r"""Top-5 accuracy, or top-(classes - 1) when there are 5 classes or fewer (top-k with k >= classes is always 1)."""
+    k = min(TOP_K, num_classes - 1)
+    return k if k >= 2 else None
+
+
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, num_classes: int, label_names: list[str] | None = None
+) -> dict[str, float]:
+    r"""Accuracy, top-k accuracy, macro-F1 and per-class precision/recall: scalars, so every ``report_to`` sees them."""
+    classes = list(range(num_classes))
+    predictions = logits.argmax(axis=-1)
+    metrics = {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=classes, average="macro", zero_division=0)),
+    }
+    k = top_k_for(num_classes)
+    if k is not None:
+        metrics[f"top{k}_accuracy"] = float(top_k_accuracy_score(labels, logits, k=k, labels=classes))
+
+    precision, recall, _, _ = precision_recall_fscore_support(labels, predictions, labels=classes, zero_division=0)
+    for name, class_precision, class_recall in zip(class_names(num_classes, label_names), precision, recall):
+        metrics[f"precision_{name}"] = float(class_precision)
+        metrics[f"recall_{name}"] = float(class_recall)
+
+    return metrics
 
 
 @dataclass
 class ComputeActionMetrics:
+    num_classes: int
+    label_names: list[str] | None = None
+
     def __call__(self, eval_preds: EvalPrediction) -> dict[str, float]:
         logits = eval_preds.predictions[0] if isinstance(eval_preds.predictions, tuple) else eval_preds.predictions
-        labels = eval_preds.label_ids
-        predictions = np.asarray(logits).argmax(axis=-1)
-        return {"accuracy": float(accuracy_score(labels, predictions))}
+        return classification_metrics(
+            np.asarray(logits), np.asarray(eval_preds.label_ids), self.num_classes, self.label_names
+        )
+
+
+def save_confusion_matrix(
+    output_dir: str, labels: np.ndarray, predictions: np.ndarray, num_classes: int, label_names: list[str] | None
+) -> np.ndarray:
+    r"""Write ``confusion_matrix.json`` (rows: true class, columns: predicted) and ``confusion_matrix.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = class_names(num_classes, label_names)
+    matrix = confusion_matrix(labels, predictions, labels=list(range(num_classes)))
+    with open(os.path.join(output_dir, "confusion_matrix.json"), "w", encoding="utf-8") as f:
+        json.dump({"labels": names, "matrix": matrix.tolist()}, f, ensure_ascii=False, indent=2)
+
+    size = min(4 + 0.35 * num_classes, 40)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(num_classes), names, rotation=90)
+    ax.set_yticks(range(num_classes), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if num_classes <= 30:
+        for (row, col), count in np.ndenumerate(matrix):
+            ax.text(col, row, str(count), ha="center", va="center", color="black")
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, "confusion_matrix.png"), dpi=100)
+    plt.close(fig)
+    return matrix

@@ -1,5 +1,6 @@
 """HF Trainer for the backbone + head wrapper: saving, resuming and the ``<ACTION>`` learning-rate group."""
 
+import json
 import os
 from types import MethodType
 from typing import TYPE_CHECKING, Optional
@@ -13,10 +14,13 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from typing_extensions import override
 
 from ...model.action_decoder import HEAD_WEIGHTS_NAME
+from .metric import TOP_K, class_names, save_confusion_matrix
 
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from transformers import ProcessorMixin
+    from transformers.trainer_utils import PredictionOutput
 
     from ...hparams import ActionFinetuningArguments
     from ...model import ActionClassificationModel
@@ -148,3 +152,42 @@ class ActionClsTrainer(Trainer):
 
         logger.info_rank0(f"Loading best model from {self.state.best_model_checkpoint}.")
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def save_predictions(self, predict_results: "PredictionOutput", dataset: "Dataset") -> None:
+        r"""Write ``predictions.jsonl`` (one line per example) and the confusion matrix (JSON + PNG)."""
+        if not self.is_world_process_zero():
+            return
+
+        decoder = self.accelerator.unwrap_model(self.model).action_decoder
+        label_names = self.accelerator.unwrap_model(self.model).label_names
+        names = class_names(decoder.num_classes, label_names)
+        logits = torch.as_tensor(predict_results.predictions).float()
+        probabilities = logits.softmax(dim=-1)
+        top_probabilities, top_classes = probabilities.topk(min(TOP_K, decoder.num_classes), dim=-1)
+        labels = predict_results.label_ids
+        path = os.path.join(self.args.output_dir, "predictions.jsonl")
+        logger.info_rank0(f"Saving prediction results to {path}")
+        with open(path, "w", encoding="utf-8") as f:
+            for index, example in enumerate(dataset):
+                label, predicted = int(labels[index]), int(top_classes[index, 0])
+                record = {
+                    "index": index,
+                    "videos": example.get("videos"),
+                    "label": label,
+                    "predicted": predicted,
+                    "top_k": [
+                        {
+                            "class": int(c),
+                            "probability": round(float(p), 6),
+                            **({"name": names[c]} if label_names else {}),
+                        }
+                        for p, c in zip(top_probabilities[index], top_classes[index])
+                    ],
+                }
+                if label_names:
+                    record.update(label_name=names[label], predicted_name=names[predicted])
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+        save_confusion_matrix(
+            self.args.output_dir, labels, top_classes[:, 0].numpy(), decoder.num_classes, label_names
+        )

@@ -3,12 +3,16 @@
 from typing import TYPE_CHECKING
 
 from llamafactory.data import get_template_and_fix_tokenizer
+from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
 from ...data import ActionDataCollator, get_action_dataset
+from ...data.label_names import check_label_names, read_label_names
 from ...model import add_action_token, load_action_model
+from ...model.action_decoder import load_head_config
+from ...model.loader import find_head_directory
 from .metric import ComputeActionMetrics
 from .trainer import ActionClsTrainer
 
@@ -39,6 +43,30 @@ def check_action_cls_args(
         )
 
 
+def resolve_label_names(
+    model_args: "ModelArguments", data_args: "DataArguments", finetuning_args: "ActionFinetuningArguments"
+) -> list[str] | None:
+    r"""Class names from ``action_label_names``, else the datasets' ``label_names``, else the saved head's config."""
+    names, origin = None, None
+    if finetuning_args.action_label_names is not None:
+        names, origin = read_label_names(finetuning_args.action_label_names), finetuning_args.action_label_names
+    else:
+        dataset_names = (data_args.dataset or []) + (data_args.eval_dataset or [])
+        for attr in get_dataset_list(dataset_names, data_args.dataset_dir) if dataset_names else []:
+            if getattr(attr, "action_label_names", None) is not None:
+                names = read_label_names(attr.action_label_names, base_dir=data_args.dataset_dir)
+                origin = f"`label_names` of {attr} in {data_args.dataset_dir}/dataset_info.json"
+                break
+
+    if names is None:
+        head_directory = find_head_directory(model_args, finetuning_args)
+        head_config = load_head_config(head_directory) if head_directory else None
+        names, origin = (head_config or {}).get("label_names"), f"the head config in {head_directory}"
+
+    check_label_names(names, finetuning_args.num_action_classes, origin)
+    return names
+
+
 def run_action_cls(
     model_args: "ModelArguments",
     data_args: "DataArguments",
@@ -51,11 +79,11 @@ def run_action_cls(
     tokenizer = tokenizer_module["tokenizer"]
     add_action_token(tokenizer)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    label_names = resolve_label_names(model_args, data_args, finetuning_args)
     dataset_module = get_action_dataset(
-        template, model_args, data_args, training_args, finetuning_args, **tokenizer_module
+        template, model_args, data_args, training_args, finetuning_args, **tokenizer_module, label_names=label_names
     )
-
-    model = load_action_model(tokenizer, model_args, finetuning_args, training_args.do_train)
+    model = load_action_model(tokenizer, model_args, finetuning_args, training_args.do_train, label_names)
     data_collator = ActionDataCollator(
         template=template,
         model=model.backbone,
@@ -71,7 +99,7 @@ def run_action_cls(
         finetuning_args=finetuning_args,
         data_collator=data_collator,
         callbacks=callbacks,
-        compute_metrics=ComputeActionMetrics(),
+        compute_metrics=ComputeActionMetrics(finetuning_args.num_action_classes, label_names),
         **dataset_module,
         **tokenizer_module,
     )
@@ -83,7 +111,7 @@ def run_action_cls(
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
         if trainer.is_world_process_zero() and finetuning_args.plot_loss:
-            plot_loss(training_args.output_dir, keys=["loss", "eval_loss", "eval_accuracy"])
+            plot_loss(training_args.output_dir, keys=["loss", "eval_loss", "eval_accuracy", "eval_macro_f1"])
 
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")
@@ -94,5 +122,6 @@ def run_action_cls(
         predict_results = trainer.predict(dataset_module["eval_dataset"], metric_key_prefix="predict")
         trainer.log_metrics("predict", predict_results.metrics)
         trainer.save_metrics("predict", predict_results.metrics)
+        trainer.save_predictions(predict_results, dataset_module["eval_dataset"])
 
     create_modelcard_and_push(trainer, model_args, data_args, training_args, finetuning_args)
