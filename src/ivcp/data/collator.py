@@ -12,7 +12,8 @@ class ActionDataCollator(MultiModalDataCollatorForSeq2Seq):
     r"""Give it the backbone as ``model``: it needs ``get_rope_index`` for Qwen2-VL's 3D positions."""
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        labels = [feature.pop("action_labels") for feature in features]
+        labels = [feature.pop("action_labels", None) for feature in features]
         batch = super().__call__(features)
-        batch["action_labels"] = torch.tensor(labels, dtype=torch.long)
+        if all(label is not None for label in labels):  # absent at inference
+            batch["action_labels"] = torch.tensor(labels, dtype=torch.long)
         return batch

@@ -51,6 +51,7 @@ class ActionClassificationModel(nn.Module):
         self.action_decoder = action_decoder
         self.action_token_id = action_token_id
         self.label_names = label_names
+        self.preprocessing: dict[str, Any] = {}  # the data settings inference must reuse (saved with the head)
         # its own parameter, so it can have its own learning rate and is saved with the head
         self.action_embedding = nn.Parameter(action_embedding.detach().clone().float())
         self.config = self.base_model.config  # HF Trainer and accelerate read `model.config`
@@ -106,7 +107,12 @@ class ActionClassificationModel(nn.Module):
         return ActionClassifierOutput(loss=loss, logits=logits)
 
     def head_config(self) -> dict[str, Any]:
-        return {"action_token": ACTION_TOKEN, "action_token_id": self.action_token_id, "label_names": self.label_names}
+        return {
+            "action_token": ACTION_TOKEN,
+            "action_token_id": self.action_token_id,
+            "label_names": self.label_names,
+            "preprocessing": self.preprocessing,
+        }
 
     def save_pretrained(
         self,

@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 
 
 LABEL_NAMES = ["action_labels"]
+PREPROCESSING_MODEL_ARGS = (
+    "image_max_pixels",
+    "image_min_pixels",
+    "video_max_pixels",
+    "video_min_pixels",
+    "video_fps",
+    "video_maxlen",
+)
 
 
 def check_action_cls_args(
@@ -84,6 +92,11 @@ def run_action_cls(
         template, model_args, data_args, training_args, finetuning_args, **tokenizer_module, label_names=label_names
     )
     model = load_action_model(tokenizer, model_args, finetuning_args, training_args.do_train, label_names)
+    model.preprocessing = {
+        "template": data_args.template,
+        "cutoff_len": data_args.cutoff_len,
+        **{name: getattr(model_args, name) for name in PREPROCESSING_MODEL_ARGS},
+    }
     data_collator = ActionDataCollator(
         template=template,
         model=model.backbone,
