@@ -8,7 +8,7 @@ import torch
 from ivcp.inference import ActionClassifier
 from ivcp.model.action_model import last_token_positions
 
-from .conftest import base_config, run_cli
+from .conftest import base_config, run_cli, run_command
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,11 @@ def trained(tiny_model, motion_data, tmp_path_factory):
     r"""A LoRA run that also wrote the trainer's predictions on motion_test."""
     work_dir = tmp_path_factory.mktemp("inference")
     config = base_config(
-        tiny_model, motion_data, str(work_dir / "out"), eval_dataset="motion_test", do_predict=True,
+        tiny_model,
+        motion_data,
+        str(work_dir / "out"),
+        eval_dataset="motion_test",
+        do_predict=True,
         per_device_eval_batch_size=3,
     )
     run_cli(config, work_dir)
@@ -64,3 +68,30 @@ def test_seed_snippet_runs_as_documented(tiny_model, trained):
 def test_missing_head_is_explained(tiny_model):
     with pytest.raises(FileNotFoundError, match="No action_decoder_config.json"):
         ActionClassifier.from_pretrained(tiny_model)
+
+
+def test_classify_command_writes_jsonl(tiny_model, trained, tmp_path):
+    output_dir, records = trained
+    videos = [record["videos"][0] for record in records[:3]]
+    (tmp_path / "videos.txt").write_text("\n".join(videos[1:]) + "\n")
+    result = run_command(
+        tmp_path,
+        "ivcp",
+        "classify",
+        videos[0],
+        "--video_list",
+        "videos.txt",
+        "--model",
+        tiny_model,
+        "--adapter",
+        str(output_dir),
+        "--output",
+        "out.jsonl",
+        "--top_k",
+        "3",
+    )
+    assert "Classifying" in result.stderr  # the progress bar
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["video"] for line in lines] == videos
+    assert [line["predicted"] for line in lines] == [record["predicted"] for record in records[:3]]
+    assert all(len(line["top_k"]) == 3 for line in lines)
