@@ -95,3 +95,31 @@ def test_classify_command_writes_jsonl(tiny_model, trained, tmp_path):
     assert [line["video"] for line in lines] == videos
     assert [line["predicted"] for line in lines] == [record["predicted"] for record in records[:3]]
     assert all(len(line["top_k"]) == 3 for line in lines)
+
+
+def test_export_is_self_contained(tiny_model, trained, tmp_path):
+    output_dir, records = trained
+    export_dir = tmp_path / "export"
+    config = {
+        "model_name_or_path": tiny_model,
+        "adapter_name_or_path": str(output_dir),  # no `stage` given: the head's config marks an action classifier
+        "template": "qwen2_vl",
+        "finetuning_type": "lora",
+        "export_dir": str(export_dir),
+        "infer_dtype": "float32",
+    }
+    run_cli(config, tmp_path, command="export")
+    head_config = json.loads((export_dir / "action_decoder_config.json").read_text())
+    assert head_config["num_classes"] == 4 and head_config["preprocessing"]["video_fps"] == 8
+    assert not (export_dir / "adapter_model.safetensors").exists()
+    tokenizer_files = (export_dir / "tokenizer.json").read_text()
+    assert "<ACTION>" in tokenizer_files
+
+    exported = ActionClassifier.from_pretrained(str(export_dir))  # the folder alone
+    with torch.no_grad():
+        table_row = exported.model.backbone.get_input_embeddings().weight[exported.model.action_token_id]
+    torch.testing.assert_close(table_row, exported.model.action_embedding.detach())  # the learned row is merged in
+
+    videos = [record["videos"][0] for record in records]
+    original = ActionClassifier.from_pretrained(tiny_model, adapter=str(output_dir))
+    torch.testing.assert_close(exported.predict_logits(videos), original.predict_logits(videos), rtol=1e-4, atol=1e-5)

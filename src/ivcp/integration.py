@@ -20,7 +20,14 @@ from ._autoload import MODULE_ALIASES
 PINNED_VERSION = "0.9.5"
 PATCHED_MARK = "__ivcp_original__"
 REQUIRED_NAMES = {
-    "llamafactory.train.tuner": ["_training_function", "read_args", "run_exp"],
+    "llamafactory.train.tuner": [
+        "_training_function",
+        "read_args",
+        "run_exp",
+        "export_model",
+        "load_model",
+        "load_tokenizer",
+    ],
     "llamafactory.hparams.parser": ["_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS", "read_args", "FinetuningArguments"],
     "llamafactory.data.loader": ["align_dataset", "_get_dataset_processor", "get_dataset"],
     "llamafactory.data.converter": ["get_dataset_converter", "DatasetConverter"],
@@ -139,6 +146,21 @@ def _training_function_wrapper(original: Callable) -> Callable:
     return _training_function
 
 
+def _export_model_wrapper(original: Callable) -> Callable:
+    r"""``llamafactory-cli export`` of an action classifier also merges and carries the head and ``<ACTION>``."""
+
+    def export_model(args=None):
+        from .train.export import action_export_args, export_action_model
+
+        action_args = action_export_args(args)
+        if action_args is None:
+            return original(args)
+
+        return export_action_model(original, action_args)
+
+    return export_model
+
+
 def _align_dataset_wrapper(original: Callable) -> Callable:
     def align_dataset(dataset, dataset_attr, data_args, training_args):
         from .data.context import active_action_data
@@ -206,6 +228,7 @@ def register() -> None:
     _patch(parser, "read_args", _read_args_wrapper)
     _patch(tuner, "read_args", _read_args_wrapper)
     _patch(tuner, "_training_function", _training_function_wrapper)
+    _patch(tuner, "export_model", _export_model_wrapper)
     _patch(loader, "align_dataset", _align_dataset_wrapper)
     _patch(loader, "_get_dataset_processor", _get_dataset_processor_wrapper)
     _patch(DatasetAttr, "join", _dataset_attr_join_wrapper)

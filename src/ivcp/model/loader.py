@@ -114,6 +114,7 @@ def load_action_model(
         action_embedding=_initial_action_embedding(backbone, num_real_tokens),
         label_names=label_names,
     )
+    model.preprocessing = (head_config or {}).get("preprocessing", {})
     if head_directory is not None:
         _check_head_config(head_directory, head_config, decoder)
         model.load_head(head_directory)

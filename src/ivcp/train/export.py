@@ -1,0 +1,98 @@
+"""``llamafactory-cli export`` for action classifiers: one self-contained folder.
+
+LLaMA-Factory's own export runs unchanged (dtype, shards, hub upload, tokenizer, processor, Modelfile); only its
+tokenizer and model loading are swapped for the duration: the tokenizer gains ``<ACTION>``, and the model it
+receives is the backbone with LoRA merged and the learned ``<ACTION>`` embedding written into its embedding table.
+The head and its config are then written next to the merged model.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from llamafactory.hparams import read_args
+from peft import PeftModel
+
+from .. import ACTION_STAGE
+from ..model import ActionClassificationModel, add_action_token, load_action_model
+from ..model.action_decoder import load_head_config
+
+
+HEAD_ARGUMENTS = {
+    "num_action_classes": "num_classes",
+    "action_decoder_type": "decoder_type",
+    "action_decoder_hidden_size": "decoder_hidden_size",
+}
+
+
+def _head_directory(args: dict[str, Any]) -> str | None:
+    adapters = args.get("adapter_name_or_path")
+    if isinstance(adapters, str):
+        adapters = [path.strip() for path in adapters.split(",")]
+    return args.get("action_decoder_path") or (adapters[-1] if adapters else args.get("model_name_or_path"))
+
+
+def action_export_args(args: dict[str, Any] | list[str] | None) -> dict[str, Any] | None:
+    r"""The export arguments completed from the head's config, or None when this is not an action classifier."""
+    args = read_args(args)
+    if not isinstance(args, dict):  # command-line flags: only a YAML/JSON config is read here
+        return None
+
+    head_directory = _head_directory(args)
+    head_config = load_head_config(head_directory) if head_directory else None
+    if args.get("stage") != ACTION_STAGE and head_config is None:
+        return None
+
+    if head_config is None:
+        raise FileNotFoundError(f"No action head found in {head_directory}: export needs a trained action_cls run.")
+
+    completed = {**args, "stage": ACTION_STAGE}
+    for argument, key in HEAD_ARGUMENTS.items():
+        completed.setdefault(argument, head_config[key])
+    return completed
+
+
+def merged_backbone(model: ActionClassificationModel) -> torch.nn.Module:
+    r"""LoRA merged into the base weights, and the learned ``<ACTION>`` row in the embedding table."""
+    backbone = model.backbone.merge_and_unload() if isinstance(model.backbone, PeftModel) else model.backbone
+    with torch.no_grad():
+        embeddings = backbone.get_input_embeddings().weight
+        embeddings[model.action_token_id] = model.action_embedding.to(embeddings.dtype)
+    return backbone
+
+
+@contextmanager
+def action_model_loading(tuner: Any) -> Iterator[list[ActionClassificationModel]]:
+    r"""Swap ``tuner.load_tokenizer`` / ``tuner.load_model`` during one export; yields the loaded wrapper."""
+    original_load_tokenizer: Callable = tuner.load_tokenizer
+    original_load_model: Callable = tuner.load_model
+    loaded: list[ActionClassificationModel] = []
+
+    def load_tokenizer(model_args):
+        tokenizer_module = original_load_tokenizer(model_args)
+        add_action_token(tokenizer_module["tokenizer"])
+        return tokenizer_module
+
+    def load_model(tokenizer, model_args, finetuning_args, is_trainable=False, add_valuehead=False):
+        model = load_action_model(tokenizer, model_args, finetuning_args, is_trainable=False)
+        loaded.append(model)
+        return merged_backbone(model)
+
+    tuner.load_tokenizer, tuner.load_model = load_tokenizer, load_model
+    try:
+        yield loaded
+    finally:
+        tuner.load_tokenizer, tuner.load_model = original_load_tokenizer, original_load_model
+
+
+def export_action_model(original_export: Callable, args: dict[str, Any]) -> None:
+    from llamafactory.train import tuner
+
+    with action_model_loading(tuner) as loaded:
+        original_export(args)
+
+    model = loaded[0]
+    model.action_decoder.save_pretrained(
+        args["export_dir"], action_embedding=model.action_embedding, extra_config=model.head_config()
+    )
