@@ -1,0 +1,1 @@
+"""Converters from public dataset layouts to the IVCP (LLaMA-Factory sharegpt + action_label) format."""

@@ -1,0 +1,65 @@
+"""Write converted examples, class names and their dataset_info.json entries."""
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+DEFAULT_PROMPT = "<video>What is the person doing?<ACTION>"
+
+
+@dataclass
+class Split:
+    r"""One converted split: (video path, class id) pairs, and what had to be skipped, by reason."""
+
+    items: list[tuple[str, int]] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+
+def to_example(video: str, label: int, names: list[str], prompt: str) -> dict:
+    return {
+        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": names[label]}],
+        "videos": [video],
+        "action_label": label,
+    }
+
+
+def write_dataset(out_dir: str, name: str, names: list[str], splits: dict[str, Split], prompt: str) -> dict[str, str]:
+    r"""Write ``<name>_<split>.json`` and ``<name>_label_names.json``, register them; return name -> file."""
+    if "<ACTION>" not in prompt or "<video>" not in prompt or prompt.index("<video>") > prompt.rindex("<ACTION>"):
+        raise ValueError(f"The prompt {prompt!r} must hold <video> and, after it, <ACTION>.")
+
+    os.makedirs(out_dir, exist_ok=True)
+    names_file = f"{name}_label_names.json"
+    with open(os.path.join(out_dir, names_file), "w", encoding="utf-8") as f:
+        json.dump(names, f, ensure_ascii=False, indent=2)
+
+    info_path = os.path.join(out_dir, "dataset_info.json")
+    info = {}
+    if os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+
+    files = {}
+    for split, converted in splits.items():
+        dataset_name = f"{name}_{split}"
+        files[dataset_name] = os.path.join(out_dir, f"{dataset_name}.json")
+        with open(files[dataset_name], "w", encoding="utf-8") as f:
+            json.dump([to_example(video, label, names, prompt) for video, label in converted.items], f, indent=1)
+
+        info[dataset_name] = {
+            "file_name": f"{dataset_name}.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "videos": "videos"},
+            "label_names": names_file,
+        }
+        per_class = Counter(label for _, label in converted.items)
+        print(f"{dataset_name}: {len(converted.items)} examples, {len(per_class)} classes -> {files[dataset_name]}")
+        for reason, count in sorted(converted.skipped.items()):
+            print(f"  skipped {count} entries: {reason}")
+
+    with open(info_path, "w", encoding="utf-8") as f:
+        json.dump(info, f, ensure_ascii=False, indent=2)
+
+    return files
