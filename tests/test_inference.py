@@ -108,7 +108,7 @@ def test_export_is_self_contained(tiny_model, trained, tmp_path):
         "export_dir": str(export_dir),
         "infer_dtype": "float32",
     }
-    run_cli(config, tmp_path, command="export")
+    run_command(tmp_path, "llamafactory-cli", "export", *[f"--{key}={value}" for key, value in config.items()])
     head_config = json.loads((export_dir / "action_decoder_config.json").read_text())
     assert head_config["num_classes"] == 4 and head_config["preprocessing"]["video_fps"] == 8
     assert not (export_dir / "adapter_model.safetensors").exists()

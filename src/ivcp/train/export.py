@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 from llamafactory.hparams import read_args
+from omegaconf import OmegaConf
 from peft import PeftModel
 
 from .. import ACTION_STAGE
+from ..integration import flags_to_dotlist
 from ..model import ActionClassificationModel, add_action_token, load_action_model
 from ..model.action_decoder import load_head_config
 
@@ -36,8 +38,8 @@ def _head_directory(args: dict[str, Any]) -> str | None:
 def action_export_args(args: dict[str, Any] | list[str] | None) -> dict[str, Any] | None:
     r"""The export arguments completed from the head's config, or None when this is not an action classifier."""
     args = read_args(args)
-    if not isinstance(args, dict):  # command-line flags: only a YAML/JSON config is read here
-        return None
+    if not isinstance(args, dict):  # command-line flags
+        args = OmegaConf.to_container(OmegaConf.from_dotlist(flags_to_dotlist(args)))
 
     head_directory = _head_directory(args)
     head_config = load_head_config(head_directory) if head_directory else None
