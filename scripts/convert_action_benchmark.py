@@ -11,8 +11,9 @@ and registers the datasets (with their label names) in data/dataset_info.json. T
 
 import argparse
 
+from ivcp import DEFAULT_PROMPT
 from ivcp.datasets.action_benchmarks import convert_hmdb51, convert_kinetics400, convert_ucf101
-from ivcp.datasets.writer import DEFAULT_PROMPT, write_dataset
+from ivcp.datasets.writer import write_dataset
 
 
 def main() -> None:

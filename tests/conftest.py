@@ -63,6 +63,18 @@ def base_config(model_dir: str, data_dir: str, output_dir: str, **overrides: Any
     return config
 
 
+def load_action_data(config: dict[str, Any]):
+    r"""Parse ``config`` and load its data in-process through the workflow's own data path."""
+    from llamafactory.hparams import get_train_args
+
+    from ivcp.train.action_cls.workflow import prepare_action_data
+
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
+    return (model_args, training_args, finetuning_args), *prepare_action_data(
+        model_args, data_args, training_args, finetuning_args
+    )
+
+
 def run_command(
     work_dir: Path, *args: str, check: bool = True, timeout: float = 900, **env: str
 ) -> subprocess.CompletedProcess:

@@ -2,25 +2,18 @@
 
 import pytest
 import torch
-from llamafactory.data import get_template_and_fix_tokenizer
-from llamafactory.hparams import get_train_args
-from llamafactory.model import load_tokenizer
 
-from ivcp.data import ActionDataCollator, get_action_dataset
-from ivcp.model import add_action_token, load_action_model
+from ivcp.data import ActionDataCollator
+from ivcp.model import load_action_model
 from ivcp.model.action_decoder import ActionDecoder
 from ivcp.train.action_cls.trainer import ActionClsTrainer
 
-from .conftest import base_config
+from .conftest import base_config, load_action_data
 
 
 def _setup(tiny_model, motion_data, tmp_path, **overrides):
     config = base_config(tiny_model, motion_data, str(tmp_path / "out"), **overrides)
-    model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
-    tokenizer_module = load_tokenizer(model_args)
-    add_action_token(tokenizer_module["tokenizer"])
-    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    dataset = get_action_dataset(template, model_args, data_args, training_args, finetuning_args, **tokenizer_module)
+    (model_args, training_args, finetuning_args), tokenizer_module, template, _, dataset = load_action_data(config)
     model = load_action_model(tokenizer_module["tokenizer"], model_args, finetuning_args, training_args.do_train)
     collator = ActionDataCollator(template=template, model=model.backbone, **tokenizer_module)
     batch = collator([dataset["train_dataset"][i] for i in range(2)])

@@ -5,15 +5,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from llamafactory.data import get_template_and_fix_tokenizer
-from llamafactory.hparams import get_train_args
-from llamafactory.model import load_tokenizer
 
-from ivcp.data import ActionDataError, get_action_dataset
-from ivcp.model import add_action_token
-from ivcp.train.action_cls.workflow import check_action_cls_args, resolve_label_names
+from ivcp.data import ActionDataError
 
-from .conftest import base_config, read_json
+from .conftest import base_config, load_action_data, read_json
 
 
 GOOD_PROMPT = "<video>What is the person doing?<ACTION>"
@@ -44,15 +39,8 @@ def _load(tiny_model: str, motion_data: str, tmp_path: Path, examples: list[dict
     (data_dir / "case.json").write_text(json.dumps(examples))
 
     config = base_config(tiny_model, str(data_dir), str(tmp_path / "out"), dataset="case", **overrides)
-    model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
-    check_action_cls_args(model_args, data_args, finetuning_args)
-    tokenizer_module = load_tokenizer(model_args)
-    add_action_token(tokenizer_module["tokenizer"])
-    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    label_names = resolve_label_names(model_args, data_args, finetuning_args)
-    return get_action_dataset(
-        template, model_args, data_args, training_args, finetuning_args, **tokenizer_module, label_names=label_names
-    )
+    _, tokenizer_module, _, _, dataset = load_action_data(config)
+    return dataset, tokenizer_module["tokenizer"]
 
 
 def _assert_rejected(tiny_model, motion_data, tmp_path, bad: dict, *fragments: str, **overrides) -> None:
@@ -67,13 +55,10 @@ def _assert_rejected(tiny_model, motion_data, tmp_path, bad: dict, *fragments: s
 
 
 def test_good_examples_are_cut_right_after_action(tiny_model, motion_data, tmp_path):
-    dataset = _load(tiny_model, motion_data, tmp_path, [_example(label=2), _example(label=3, answer=None)])
+    dataset, tokenizer = _load(tiny_model, motion_data, tmp_path, [_example(label=2), _example(label=3, answer=None)])
     train = dataset["train_dataset"]
     assert train["action_labels"] == [2, 3]
-    tokenizer = load_tokenizer(get_train_args(base_config(tiny_model, motion_data, str(tmp_path / "o")))[0])[
-        "tokenizer"
-    ]
-    action_id = add_action_token(tokenizer)
+    action_id = tokenizer.convert_tokens_to_ids("<ACTION>")
     for input_ids in train["input_ids"]:
         assert input_ids[-1] == action_id  # the response (and the assistant header) is cut away
         assert input_ids.count(tokenizer.convert_tokens_to_ids("<|video_pad|>")) > 0
@@ -81,12 +66,9 @@ def test_good_examples_are_cut_right_after_action(tiny_model, motion_data, tmp_p
 
 def test_the_last_of_several_action_tokens_is_classified(tiny_model, motion_data, tmp_path):
     prompt = "<video>Look<ACTION> and tell: what is the person doing?<ACTION>"
-    train = _load(tiny_model, motion_data, tmp_path, [_example(prompt=prompt)])["train_dataset"]
-    tokenizer = load_tokenizer(get_train_args(base_config(tiny_model, motion_data, str(tmp_path / "o")))[0])[
-        "tokenizer"
-    ]
-    action_id = add_action_token(tokenizer)
-    input_ids = train["input_ids"][0]
+    dataset, tokenizer = _load(tiny_model, motion_data, tmp_path, [_example(prompt=prompt)])
+    action_id = tokenizer.convert_tokens_to_ids("<ACTION>")
+    input_ids = dataset["train_dataset"]["input_ids"][0]
     assert input_ids.count(action_id) == 2 and input_ids[-1] == action_id
 
 
@@ -101,12 +83,7 @@ def test_label_column_can_be_renamed(tiny_model, motion_data, tmp_path):
     for example in examples:
         example["cls"] = 3 - example.pop("action_label")
     (data_dir / "renamed.json").write_text(json.dumps(examples))
-    config = base_config(tiny_model, str(data_dir), str(tmp_path / "out"), dataset="renamed")
-    model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
-    tokenizer_module = load_tokenizer(model_args)
-    add_action_token(tokenizer_module["tokenizer"])
-    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    dataset = get_action_dataset(template, model_args, data_args, training_args, finetuning_args, **tokenizer_module)
+    *_, dataset = load_action_data(base_config(tiny_model, str(data_dir), str(tmp_path / "out"), dataset="renamed"))
     assert dataset["train_dataset"]["action_labels"] == [example["cls"] for example in examples]
 
 

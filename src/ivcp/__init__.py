@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 ACTION_STAGE = "action_cls"
+DEFAULT_PROMPT = "<video>What is the person doing?<ACTION>"  # <ACTION> after the video: its hidden state sees it all
 
 
 def register() -> None:

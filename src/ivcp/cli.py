@@ -11,9 +11,11 @@ import argparse
 import json
 import sys
 
+from . import DEFAULT_PROMPT
+
 
 def _classify(args: argparse.Namespace) -> None:
-    from .inference import DEFAULT_PROMPT, ActionClassifier
+    from .inference import ActionClassifier
 
     videos = list(args.videos)
     if args.video_list:
@@ -25,7 +27,7 @@ def _classify(args: argparse.Namespace) -> None:
     overrides = dict(item.split("=", 1) for item in args.set)
     classifier = ActionClassifier.from_pretrained(args.model, adapter=args.adapter, **overrides)
     results = classifier.predict(
-        videos, top_k=args.top_k, prompt=args.prompt or DEFAULT_PROMPT, batch_size=args.batch_size, progress=True
+        videos, top_k=args.top_k, prompt=args.prompt, batch_size=args.batch_size, progress=True
     )
     with open(args.output, "w", encoding="utf-8") if args.output else sys.stdout as f:
         for result in results:
@@ -50,8 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     classify.add_argument("--batch_size", type=int, default=8)
     classify.add_argument(
         "--prompt",
-        default=None,
-        help="user prompt with <video> and <ACTION> (default: '<video>What is the person doing?<ACTION>')",
+        default=DEFAULT_PROMPT,
+        help="user prompt with <video> and, after it, <ACTION> (default: %(default)s)",
     )
     classify.add_argument(
         "--set",

@@ -8,23 +8,18 @@ settings saved in the head's config, so what is served is what was trained.
 from typing import TYPE_CHECKING, Any
 
 import torch
-from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.hparams import get_infer_args
-from llamafactory.model import load_tokenizer
 from tqdm import tqdm
 
-from . import ACTION_STAGE, register
+from . import ACTION_STAGE, DEFAULT_PROMPT, register
 from .data import ActionDataCollator, ActionDatasetProcessor
-from .model import add_action_token, load_action_model
+from .model import load_action_model, load_action_tokenizer
 from .model.action_decoder import load_head_config
-from .train.action_cls.metric import class_names
+from .train.action_cls.metric import class_names, rank_classes
 
 
 if TYPE_CHECKING:
     from .model import ActionClassificationModel
-
-
-DEFAULT_PROMPT = "<video>What is the person doing?<ACTION>"
 
 
 class ActionClassifier:
@@ -38,7 +33,12 @@ class ActionClassifier:
 
     @classmethod
     def from_pretrained(
-        cls, model_name_or_path: str, adapter: str | None = None, action_decoder_path: str | None = None, **kwargs: Any
+        cls,
+        model_name_or_path: str,
+        adapter: str | None = None,
+        action_decoder_path: str | None = None,
+        device: str | None = None,
+        **kwargs: Any,
     ) -> "ActionClassifier":
         r"""Load base model (+ adapter) and head; ``kwargs`` are LLaMA-Factory model/data arguments to override."""
         register()
@@ -63,11 +63,9 @@ class ActionClassifier:
         }
         model_args, data_args, finetuning_args, _ = get_infer_args({k: v for k, v in args.items() if v is not None})
         model_args.device_map = None  # one device, chosen below: "auto" would shard the tiny head away
-        tokenizer_module = load_tokenizer(model_args)
-        add_action_token(tokenizer_module["tokenizer"])
-        template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+        tokenizer_module, template = load_action_tokenizer(model_args, data_args)
         model = load_action_model(tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False)
-        model.to(kwargs.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         encoder = ActionDatasetProcessor(
             template=template,
             data_args=data_args,
@@ -124,15 +122,10 @@ class ActionClassifier:
         r"""Top-k classes with probabilities (and names when known) for one video or a list of videos."""
         single = isinstance(videos, str)
         video_list = [videos] if single else list(videos)
-        probabilities = self.predict_logits(video_list, prompt, batch_size, progress).softmax(dim=-1)
-        top_probabilities, top_classes = probabilities.topk(min(top_k, probabilities.size(-1)), dim=-1)
-        results = []
-        for video, row_probabilities, row_classes in zip(video_list, top_probabilities.tolist(), top_classes.tolist()):
-            ranked = [
-                {"class": c, "name": self.names[c], "probability": p} for p, c in zip(row_probabilities, row_classes)
-            ]
-            results.append(
-                {"video": video, "predicted": ranked[0]["class"], "name": ranked[0]["name"], "top_k": ranked}
-            )
+        ranked = rank_classes(self.predict_logits(video_list, prompt, batch_size, progress), top_k, self.names)
+        results = [
+            {"video": video, "predicted": top[0]["class"], "name": top[0]["name"], "top_k": top}
+            for video, top in zip(video_list, ranked)
+        ]
 
         return results[0] if single else results

@@ -12,6 +12,7 @@ from typing import Any
 
 from llamafactory.data.processor.processor_utils import DatasetProcessor
 
+from .. import DEFAULT_PROMPT
 from ..model.action_decoder import ACTION_TOKEN
 from .context import ActionDataError, describe_example
 from .converter import INDEX_FIELD, LABEL_FIELD, SOURCE_FIELD
@@ -81,8 +82,7 @@ class ActionDatasetProcessor(DatasetProcessor):
 
         if not any(ACTION_TOKEN in message["content"] for message in messages if message["role"] == "user"):
             raise ActionDataError(
-                f"{where} has no {ACTION_TOKEN} in its user turn: append it after the video, "
-                f"e.g. '<video>What is the person doing?{ACTION_TOKEN}'."
+                f"{where} has no {ACTION_TOKEN} in its user turn: append it after the video, e.g. '{DEFAULT_PROMPT}'."
             )
 
     def _encode_example(self, example: dict[str, Any], where: str) -> list[int]:
@@ -109,7 +109,7 @@ class ActionDatasetProcessor(DatasetProcessor):
         if any(token_id in media_ids for token_id in input_ids[action_position + 1 :]):
             raise ActionDataError(
                 f"{where} puts {ACTION_TOKEN} before its video or image: the token must come after all media, "
-                f"e.g. '<video>What is the person doing?{ACTION_TOKEN}'."
+                f"e.g. '{DEFAULT_PROMPT}'."
             )
 
         input_ids = input_ids[: action_position + 1]

@@ -6,9 +6,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
-DEFAULT_PROMPT = "<video>What is the person doing?<ACTION>"
-
-
 @dataclass
 class Split:
     r"""One converted split: (video path, class id) pairs, and what had to be skipped, by reason."""

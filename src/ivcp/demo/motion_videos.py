@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .. import DEFAULT_PROMPT
+
 
 if TYPE_CHECKING:
     from numpy.random import Generator
@@ -96,7 +98,7 @@ def make_motion_dataset(
     num_train_per_class: int,
     num_test_per_class: int,
     seed: int = 0,
-    prompt: str = "<video>What is the person doing?<ACTION>",
+    prompt: str = DEFAULT_PROMPT,
     name: str = "motion",
     video_dir: str = "videos",
 ) -> dict[str, str]:

@@ -4,8 +4,9 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
+from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.extras import logging
-from llamafactory.model import load_model
+from llamafactory.model import load_model, load_tokenizer
 from llamafactory.model.model_utils.embedding import resize_embedding_layer
 from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -14,7 +15,9 @@ from .action_model import ActionClassificationModel
 
 
 if TYPE_CHECKING:
-    from llamafactory.hparams import ModelArguments
+    from llamafactory.data.template import Template
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from llamafactory.model.loader import TokenizerModule
     from transformers import PreTrainedTokenizer
 
     from ..hparams import ActionFinetuningArguments
@@ -31,6 +34,15 @@ def add_action_token(tokenizer: "PreTrainedTokenizer") -> int:
         raise ValueError(f"The tokenizer splits {ACTION_TOKEN}: remove `split_special_tokens: true`.")
 
     return token_id
+
+
+def load_action_tokenizer(
+    model_args: "ModelArguments", data_args: "DataArguments"
+) -> tuple["TokenizerModule", "Template"]:
+    r"""LLaMA-Factory's tokenizer and processor with ``<ACTION>`` registered, and the fixed chat template."""
+    tokenizer_module = load_tokenizer(model_args)
+    add_action_token(tokenizer_module["tokenizer"])
+    return tokenizer_module, get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
 
 
 def _gathered(*params: torch.nn.Parameter):

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -20,6 +21,16 @@ TOP_K = 5
 
 def class_names(num_classes: int, label_names: list[str] | None) -> list[str]:
     return list(label_names) if label_names else [str(i) for i in range(num_classes)]
+
+
+def rank_classes(logits: torch.Tensor, top_k: int, names: list[str] | None = None) -> list[list[dict]]:
+    r"""Per row, the ``top_k`` classes by probability: ``{"class", "probability"}``, plus ``"name"`` given names."""
+    probabilities = logits.float().softmax(dim=-1)
+    top_probabilities, top_classes = probabilities.topk(min(top_k, probabilities.size(-1)), dim=-1)
+    return [
+        [{"class": c, "probability": p, **({"name": names[c]} if names else {})} for p, c in zip(row_p, row_c)]
+        for row_p, row_c in zip(top_probabilities.tolist(), top_classes.tolist())
+    ]
 
 
 def top_k_for(num_classes: int) -> int | None:

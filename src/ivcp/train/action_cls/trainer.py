@@ -5,6 +5,7 @@ import os
 from types import MethodType
 from typing import TYPE_CHECKING, Optional
 
+import numpy as np
 import torch
 from llamafactory.extras import logging
 from llamafactory.train.callbacks import SaveProcessorCallback
@@ -14,7 +15,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from typing_extensions import override
 
 from ...model.action_decoder import HEAD_WEIGHTS_NAME
-from .metric import TOP_K, class_names, save_confusion_matrix
+from .metric import TOP_K, class_names, rank_classes, save_confusion_matrix
 
 
 if TYPE_CHECKING:
@@ -158,36 +159,26 @@ class ActionClsTrainer(Trainer):
         if not self.is_world_process_zero():
             return
 
-        decoder = self.accelerator.unwrap_model(self.model).action_decoder
-        label_names = self.accelerator.unwrap_model(self.model).label_names
-        names = class_names(decoder.num_classes, label_names)
-        logits = torch.as_tensor(predict_results.predictions).float()
-        probabilities = logits.softmax(dim=-1)
-        top_probabilities, top_classes = probabilities.topk(min(TOP_K, decoder.num_classes), dim=-1)
+        model = self.accelerator.unwrap_model(self.model)
+        num_classes, label_names = model.action_decoder.num_classes, model.label_names
+        names = class_names(num_classes, label_names)
+        ranked = rank_classes(torch.as_tensor(predict_results.predictions), TOP_K, label_names)
         labels = predict_results.label_ids
         path = os.path.join(self.args.output_dir, "predictions.jsonl")
         logger.info_rank0(f"Saving prediction results to {path}")
         with open(path, "w", encoding="utf-8") as f:
-            for index, example in enumerate(dataset):
-                label, predicted = int(labels[index]), int(top_classes[index, 0])
+            for index, (example, top_k) in enumerate(zip(dataset, ranked)):
+                label, predicted = int(labels[index]), top_k[0]["class"]
                 record = {
                     "index": index,
                     "videos": example.get("videos"),
                     "label": label,
                     "predicted": predicted,
-                    "top_k": [
-                        {
-                            "class": int(c),
-                            "probability": round(float(p), 6),
-                            **({"name": names[c]} if label_names else {}),
-                        }
-                        for p, c in zip(top_probabilities[index], top_classes[index])
-                    ],
+                    "top_k": [{**entry, "probability": round(entry["probability"], 6)} for entry in top_k],
                 }
                 if label_names:
                     record.update(label_name=names[label], predicted_name=names[predicted])
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-        save_confusion_matrix(
-            self.args.output_dir, labels, top_classes[:, 0].numpy(), decoder.num_classes, label_names
-        )
+        predictions = np.array([top_k[0]["class"] for top_k in ranked])
+        save_confusion_matrix(self.args.output_dir, labels, predictions, num_classes, label_names)

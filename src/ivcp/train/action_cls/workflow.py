@@ -2,15 +2,13 @@
 
 from typing import TYPE_CHECKING
 
-from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras.ploting import plot_loss
-from llamafactory.model import load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
 from ...data import ActionDataCollator, get_action_dataset
 from ...data.label_names import check_label_names, read_label_names
-from ...model import add_action_token, load_action_model
+from ...model import load_action_model, load_action_tokenizer
 from ...model.action_decoder import load_head_config
 from ...model.loader import find_head_directory
 from .metric import ComputeActionMetrics
@@ -18,7 +16,10 @@ from .trainer import ActionClsTrainer
 
 
 if TYPE_CHECKING:
+    from llamafactory.data.data_utils import DatasetModule
+    from llamafactory.data.template import Template
     from llamafactory.hparams import DataArguments, ModelArguments
+    from llamafactory.model.loader import TokenizerModule
     from transformers import Seq2SeqTrainingArguments, TrainerCallback
 
     from ...hparams import ActionFinetuningArguments
@@ -75,6 +76,22 @@ def resolve_label_names(
     return names
 
 
+def prepare_action_data(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    finetuning_args: "ActionFinetuningArguments",
+) -> tuple["TokenizerModule", "Template", list[str] | None, "DatasetModule"]:
+    r"""Tokenizer with ``<ACTION>``, template, class names, and the checked dataset (every example validated)."""
+    check_action_cls_args(model_args, data_args, finetuning_args)
+    tokenizer_module, template = load_action_tokenizer(model_args, data_args)
+    label_names = resolve_label_names(model_args, data_args, finetuning_args)
+    dataset_module = get_action_dataset(
+        template, model_args, data_args, training_args, finetuning_args, **tokenizer_module, label_names=label_names
+    )
+    return tokenizer_module, template, label_names, dataset_module
+
+
 def run_action_cls(
     model_args: "ModelArguments",
     data_args: "DataArguments",
@@ -82,16 +99,12 @@ def run_action_cls(
     finetuning_args: "ActionFinetuningArguments",
     callbacks: list["TrainerCallback"] | None = None,
 ) -> None:
-    check_action_cls_args(model_args, data_args, finetuning_args)
-    tokenizer_module = load_tokenizer(model_args)
-    tokenizer = tokenizer_module["tokenizer"]
-    add_action_token(tokenizer)
-    template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    label_names = resolve_label_names(model_args, data_args, finetuning_args)
-    dataset_module = get_action_dataset(
-        template, model_args, data_args, training_args, finetuning_args, **tokenizer_module, label_names=label_names
+    tokenizer_module, template, label_names, dataset_module = prepare_action_data(
+        model_args, data_args, training_args, finetuning_args
     )
-    model = load_action_model(tokenizer, model_args, finetuning_args, training_args.do_train, label_names)
+    model = load_action_model(
+        tokenizer_module["tokenizer"], model_args, finetuning_args, training_args.do_train, label_names
+    )
     model.preprocessing = {
         "template": data_args.template,
         "cutoff_len": data_args.cutoff_len,
