@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 import ivcp
 from ivcp.demo.motion_videos import make_motion_dataset
 from ivcp.demo.tiny_model import build_tiny_qwen2vl
+from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME
 
 
 BIN_DIR = os.path.dirname(sys.executable)
@@ -110,6 +113,22 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     r"""Write ``config`` as a YAML file and run ``llamafactory-cli <command> it.yaml [extra_args]``."""
     return llamafactory_cli(work_dir, command, write_config(config, work_dir), *extra_args, check=check, **env)
+
+
+def trainer_losses(output_dir: str | Path) -> list[float]:
+    r"""The logged training losses of a run, from LLaMA-Factory's trainer_log.jsonl."""
+    with open(os.path.join(output_dir, "trainer_log.jsonl"), encoding="utf-8") as f:
+        return [record["loss"] for record in map(json.loads, f) if "loss" in record]
+
+
+def saved_weights(output_dir: str | Path) -> dict[str, torch.Tensor]:
+    r"""The adapter (or full model) and the action head a run saved, in one dict."""
+    backbone = (
+        "adapter_model.safetensors"
+        if os.path.isfile(os.path.join(output_dir, "adapter_model.safetensors"))
+        else ("model.safetensors")
+    )
+    return {**load_file(os.path.join(output_dir, backbone)), **load_file(os.path.join(output_dir, HEAD_WEIGHTS_NAME))}
 
 
 def read_json(path: str | Path) -> Any:

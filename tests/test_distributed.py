@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME, ActionDecoder
 
-from .conftest import base_config, read_json, run_cli, run_command, write_config
+from .conftest import base_config, read_json, run_cli, run_command, saved_weights, trainer_losses, write_config
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,23 +41,9 @@ def _config(tiny_model, motion_data, output_dir, finetuning_type: str, per_devic
     return config
 
 
-def _losses(output_dir) -> list[float]:
-    with open(os.path.join(output_dir, "trainer_log.jsonl"), encoding="utf-8") as f:
-        return [record["loss"] for record in map(json.loads, f) if "loss" in record]
-
-
-def _weights(output_dir) -> dict[str, torch.Tensor]:
-    name = (
-        "adapter_model.safetensors"
-        if os.path.isfile(os.path.join(output_dir, "adapter_model.safetensors"))
-        else ("model.safetensors")
-    )
-    return {**load_file(os.path.join(output_dir, name)), **load_file(os.path.join(output_dir, HEAD_WEIGHTS_NAME))}
-
-
 def _assert_same_run(output_dir, reference_dir) -> None:
-    assert _losses(output_dir) == pytest.approx(_losses(reference_dir), rel=1e-4, abs=1e-5)
-    ours, reference = _weights(output_dir), _weights(reference_dir)
+    assert trainer_losses(output_dir) == pytest.approx(trainer_losses(reference_dir), rel=1e-4, abs=1e-5)
+    ours, reference = saved_weights(output_dir), saved_weights(reference_dir)
     assert ours.keys() == reference.keys()
     for key in reference:
         torch.testing.assert_close(ours[key].float(), reference[key].float(), rtol=1e-4, atol=1e-5, msg=key)
@@ -123,7 +109,7 @@ def test_zero3_scales_the_action_token_lr_and_resumes(tiny_model, motion_data, t
     shutil.copytree(tmp_path / "z3" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
     result = run_cli({**config, "output_dir": str(tmp_path / "resumed")}, tmp_path, **TORCHRUN)
     assert "Resuming training from" in result.stdout + result.stderr
-    ours, straight = _weights(tmp_path / "resumed"), _weights(tmp_path / "z3")
+    ours, straight = saved_weights(tmp_path / "resumed"), saved_weights(tmp_path / "z3")
     for key in straight:
         torch.testing.assert_close(ours[key], straight[key], rtol=0, atol=1e-6, msg=key)
 
