@@ -22,6 +22,34 @@ def to_example(video: str, label: int, names: list[str], prompt: str) -> dict:
     }
 
 
+def write_examples(out_dir: str, dataset_name: str, examples: list[dict]) -> str:
+    r"""Write ``<dataset_name>.json`` under ``out_dir`` and return its path."""
+    path = os.path.join(out_dir, f"{dataset_name}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(examples, f, ensure_ascii=False, indent=2)
+    return path
+
+
+def register_datasets(out_dir: str, entries: dict[str, dict]) -> None:
+    r"""Add sharegpt ``entries`` (name -> extra keys) to ``out_dir``/dataset_info.json, keeping the other datasets."""
+    info_path = os.path.join(out_dir, "dataset_info.json")
+    info = {}
+    if os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+
+    for dataset_name, extra in entries.items():
+        info[dataset_name] = {
+            "file_name": f"{dataset_name}.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "videos": "videos"},
+            **extra,
+        }
+
+    with open(info_path, "w", encoding="utf-8") as f:
+        json.dump(info, f, ensure_ascii=False, indent=2)
+
+
 def write_dataset(out_dir: str, name: str, names: list[str], splits: dict[str, Split], prompt: str) -> dict[str, str]:
     r"""Write ``<name>_<split>.json`` and ``<name>_label_names.json``, register them; return name -> file."""
     if "<ACTION>" not in prompt or "<video>" not in prompt or prompt.index("<video>") > prompt.rindex("<ACTION>"):
@@ -32,31 +60,15 @@ def write_dataset(out_dir: str, name: str, names: list[str], splits: dict[str, S
     with open(os.path.join(out_dir, names_file), "w", encoding="utf-8") as f:
         json.dump(names, f, ensure_ascii=False, indent=2)
 
-    info_path = os.path.join(out_dir, "dataset_info.json")
-    info = {}
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            info = json.load(f)
-
     files = {}
     for split, converted in splits.items():
         dataset_name = f"{name}_{split}"
-        files[dataset_name] = os.path.join(out_dir, f"{dataset_name}.json")
-        with open(files[dataset_name], "w", encoding="utf-8") as f:
-            json.dump([to_example(video, label, names, prompt) for video, label in converted.items], f, indent=1)
-
-        info[dataset_name] = {
-            "file_name": f"{dataset_name}.json",
-            "formatting": "sharegpt",
-            "columns": {"messages": "conversations", "videos": "videos"},
-            "label_names": names_file,
-        }
+        examples = [to_example(video, label, names, prompt) for video, label in converted.items]
+        files[dataset_name] = write_examples(out_dir, dataset_name, examples)
         per_class = Counter(label for _, label in converted.items)
         print(f"{dataset_name}: {len(converted.items)} examples, {len(per_class)} classes -> {files[dataset_name]}")
         for reason, count in sorted(converted.skipped.items()):
             print(f"  skipped {count} entries: {reason}")
 
-    with open(info_path, "w", encoding="utf-8") as f:
-        json.dump(info, f, ensure_ascii=False, indent=2)
-
+    register_datasets(out_dir, {dataset_name: {"label_names": names_file} for dataset_name in files})
     return files

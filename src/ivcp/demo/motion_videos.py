@@ -5,13 +5,13 @@ or down. The square wraps around the frame edges (toroidal motion) and starts at
 every single frame has the same distribution in every class: only the motion over time tells the classes apart.
 """
 
-import json
 import os
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import DEFAULT_PROMPT
+from ..datasets.writer import register_datasets, to_example, write_examples
 
 
 if TYPE_CHECKING:
@@ -82,13 +82,7 @@ def _write_split(
         direction = DIRECTIONS[label]
         video = f"{video_dir}/{split}_{index:05d}.mp4"
         write_motion_clip(os.path.join(out_dir, video), direction, rng)
-        examples.append(
-            {
-                "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": direction}],
-                "videos": [video],
-                "action_label": label,
-            }
-        )
+        examples.append(to_example(video, label, list(DIRECTIONS), prompt))
 
     return examples
 
@@ -113,26 +107,9 @@ def make_motion_dataset(
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out_dir, video_dir), exist_ok=True)
     files = {}
-    dataset_info = {}
     for split, num_per_class in (("train", num_train_per_class), ("test", num_test_per_class)):
-        dataset_name = f"{name}_{split}"
         examples = _write_split(out_dir, video_dir, split, num_per_class, rng, prompt)
-        files[dataset_name] = os.path.join(out_dir, f"{dataset_name}.json")
-        with open(files[dataset_name], "w", encoding="utf-8") as f:
-            json.dump(examples, f, indent=2)
+        files[f"{name}_{split}"] = write_examples(out_dir, f"{name}_{split}", examples)
 
-        dataset_info[dataset_name] = {
-            "file_name": f"{dataset_name}.json",
-            "formatting": "sharegpt",
-            "columns": {"messages": "conversations", "videos": "videos"},
-        }
-
-    info_path = os.path.join(out_dir, "dataset_info.json")
-    if os.path.exists(info_path):  # keep other data sets registered in the same directory
-        with open(info_path, encoding="utf-8") as f:
-            dataset_info = {**json.load(f), **dataset_info}
-
-    with open(info_path, "w", encoding="utf-8") as f:
-        json.dump(dataset_info, f, indent=2)
-
+    register_datasets(out_dir, {dataset_name: {} for dataset_name in files})  # keeps the other datasets
     return files
