@@ -15,6 +15,7 @@ from . import ACTION_STAGE, DEFAULT_PROMPT, register
 from .data import ActionDataCollator, ActionDatasetProcessor
 from .model import load_action_model, load_action_tokenizer
 from .model.action_decoder import load_head_config
+from .model.loader import find_head_directory
 from .train.action_cls.metric import class_names, rank_classes
 
 
@@ -42,12 +43,13 @@ class ActionClassifier:
     ) -> "ActionClassifier":
         r"""Load base model (+ adapter) and head; ``kwargs`` are LLaMA-Factory model/data arguments to override."""
         register()
-        head_directory = action_decoder_path or adapter or model_name_or_path
-        head_config = load_head_config(head_directory)
+        head_directory = find_head_directory(action_decoder_path, [adapter] if adapter else None, model_name_or_path)
+        head_config = load_head_config(head_directory) if head_directory else None
         if head_config is None:
             raise FileNotFoundError(
-                f"No action_decoder_config.json in {head_directory}: pass the output_dir of an action_cls run "
-                "as `adapter` (LoRA) or `model_name_or_path` (full/freeze), or as `action_decoder_path`."
+                f"No action_decoder_config.json in {head_directory or adapter or model_name_or_path}: pass the "
+                "output_dir of an action_cls run as `adapter` (LoRA) or `model_name_or_path` (full/freeze), or as "
+                "`action_decoder_path`."
             )
 
         args = {

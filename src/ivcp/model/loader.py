@@ -69,18 +69,20 @@ def _freeze_untied_lm_head(backbone: torch.nn.Module) -> None:
         output_embeddings.weight.requires_grad_(False)
 
 
-def find_head_directory(model_args: "ModelArguments", finetuning_args: "ActionFinetuningArguments") -> str | None:
-    r"""Where to start the head from: ``action_decoder_path``, else the last adapter, else the model folder."""
-    if finetuning_args.action_decoder_path is not None:
-        if not has_head(finetuning_args.action_decoder_path):
+def find_head_directory(
+    action_decoder_path: str | None, adapter_paths: list[str] | None, model_path: str | None
+) -> str | None:
+    r"""Where the head is: ``action_decoder_path``, else the last adapter holding one, else the model folder."""
+    if action_decoder_path is not None:
+        if not has_head(action_decoder_path):
             raise FileNotFoundError(
-                f"`action_decoder_path` {finetuning_args.action_decoder_path} holds no action_decoder.safetensors: "
+                f"`action_decoder_path` {action_decoder_path} holds no action_decoder.safetensors: "
                 "point it at the output_dir (or a checkpoint) of an action_cls run."
             )
 
-        return finetuning_args.action_decoder_path
+        return action_decoder_path
 
-    for candidate in (model_args.adapter_name_or_path or [])[::-1] + [model_args.model_name_or_path]:
+    for candidate in (adapter_paths or [])[::-1] + [model_path]:
         if has_head(candidate):
             return candidate
 
@@ -101,7 +103,9 @@ def load_action_model(
     resize_embedding_layer(backbone, tokenizer)  # no-op when the table has spare rows (Qwen2-VL has ~280)
     _freeze_untied_lm_head(backbone)
 
-    head_directory = find_head_directory(model_args, finetuning_args)
+    head_directory = find_head_directory(
+        finetuning_args.action_decoder_path, model_args.adapter_name_or_path, model_args.model_name_or_path
+    )
     if head_directory is None and not is_trainable:
         raise ValueError(
             "No trained action head found: pass the adapter of an action_cls run as `adapter_name_or_path`, "

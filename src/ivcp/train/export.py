@@ -19,6 +19,7 @@ from .. import ACTION_STAGE
 from ..integration import flags_to_dotlist
 from ..model import ActionClassificationModel, add_action_token, load_action_model
 from ..model.action_decoder import load_head_config
+from ..model.loader import find_head_directory
 
 
 HEAD_ARGUMENTS = {
@@ -28,26 +29,25 @@ HEAD_ARGUMENTS = {
 }
 
 
-def _head_directory(args: dict[str, Any]) -> str | None:
-    adapters = args.get("adapter_name_or_path")
-    if isinstance(adapters, str):
-        adapters = [path.strip() for path in adapters.split(",")]
-    return args.get("action_decoder_path") or (adapters[-1] if adapters else args.get("model_name_or_path"))
-
-
 def action_export_args(args: dict[str, Any] | list[str] | None) -> dict[str, Any] | None:
     r"""The export arguments completed from the head's config, or None when this is not an action classifier."""
     args = read_args(args)
     if not isinstance(args, dict):  # command-line flags
         args = OmegaConf.to_container(OmegaConf.from_dotlist(flags_to_dotlist(args)))
 
-    head_directory = _head_directory(args)
+    adapters = args.get("adapter_name_or_path")
+    if isinstance(adapters, str):  # LLaMA-Factory's comma-separated form
+        adapters = [path.strip() for path in adapters.split(",")]
+
+    head_directory = find_head_directory(args.get("action_decoder_path"), adapters, args.get("model_name_or_path"))
     head_config = load_head_config(head_directory) if head_directory else None
     if args.get("stage") != ACTION_STAGE and head_config is None:
         return None
 
     if head_config is None:
-        raise FileNotFoundError(f"No action head found in {head_directory}: export needs a trained action_cls run.")
+        raise FileNotFoundError(
+            f"No action head found in {adapters or args.get('model_name_or_path')}: export needs a trained action_cls run."
+        )
 
     completed = {**args, "stage": ACTION_STAGE}
     for argument, key in HEAD_ARGUMENTS.items():

@@ -68,7 +68,9 @@ def resolve_label_names(
                 break
 
     if names is None:
-        head_directory = find_head_directory(model_args, finetuning_args)
+        head_directory = find_head_directory(
+            finetuning_args.action_decoder_path, model_args.adapter_name_or_path, model_args.model_name_or_path
+        )
         head_config = load_head_config(head_directory) if head_directory else None
         names, origin = (head_config or {}).get("label_names"), f"the head config in {head_directory}"
 
