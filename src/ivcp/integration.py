@@ -7,7 +7,8 @@ LLaMA-Factory names still exist, failing loudly (not half-patched) when they do 
 
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any
 
@@ -76,6 +77,19 @@ def _patch(owner: Any, name: str, make_wrapper: Callable[[Callable], Callable]) 
     wrapper = wraps(original)(make_wrapper(original))
     setattr(wrapper, PATCHED_MARK, original)
     setattr(owner, name, wrapper)
+
+
+@contextmanager
+def _swapped(owner: Any, **replacements: Callable) -> Iterator[None]:
+    r"""Replace attributes of ``owner`` for the duration of one call, then put the originals back."""
+    originals = {name: getattr(owner, name) for name in replacements}
+    for name, replacement in replacements.items():
+        setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(owner, name, original)
 
 
 def _swap_finetuning_arguments() -> None:
@@ -150,13 +164,19 @@ def _export_model_wrapper(original: Callable) -> Callable:
     r"""``llamafactory-cli export`` of an action classifier also merges and carries the head and ``<ACTION>``."""
 
     def export_model(args=None):
-        from .train.export import action_export_args, export_action_model
+        from llamafactory.train import tuner
+
+        from .train.export import ActionExport, action_export_args
 
         action_args = action_export_args(args)
         if action_args is None:
             return original(args)
 
-        return export_action_model(original, action_args)
+        exporter = ActionExport(tuner.load_tokenizer)
+        with _swapped(tuner, load_tokenizer=exporter.load_tokenizer, load_model=exporter.load_model):
+            original(action_args)
+
+        exporter.save_head(action_args["export_dir"])
 
     return export_model
 

@@ -1,13 +1,12 @@
 """``llamafactory-cli export`` for action classifiers: one self-contained folder.
 
 LLaMA-Factory's own export runs unchanged (dtype, shards, hub upload, tokenizer, processor, Modelfile); only its
-tokenizer and model loading are swapped for the duration: the tokenizer gains ``<ACTION>``, and the model it
+tokenizer and model loading are swapped for the call (by ``ivcp.integration``, where every patch lives): the tokenizer gains ``<ACTION>``, and the model it
 receives is the backbone with LoRA merged and the learned ``<ACTION>`` embedding written into its embedding table.
 The head and its config are then written next to the merged model.
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -64,37 +63,23 @@ def merged_backbone(model: ActionClassificationModel) -> torch.nn.Module:
     return backbone
 
 
-@contextmanager
-def action_model_loading(tuner: Any) -> Iterator[list[ActionClassificationModel]]:
-    r"""Swap ``tuner.load_tokenizer`` / ``tuner.load_model`` during one export; yields the loaded wrapper."""
-    original_load_tokenizer: Callable = tuner.load_tokenizer
-    original_load_model: Callable = tuner.load_model
-    loaded: list[ActionClassificationModel] = []
+class ActionExport:
+    r"""The loaders LLaMA-Factory's export runs with for an action classifier (``integration`` swaps them in)."""
 
-    def load_tokenizer(model_args):
-        tokenizer_module = original_load_tokenizer(model_args)
+    def __init__(self, load_tokenizer: Callable) -> None:
+        self._load_tokenizer = load_tokenizer
+        self.model: ActionClassificationModel | None = None
+
+    def load_tokenizer(self, model_args):
+        tokenizer_module = self._load_tokenizer(model_args)
         add_action_token(tokenizer_module["tokenizer"])
         return tokenizer_module
 
-    def load_model(tokenizer, model_args, finetuning_args, is_trainable=False, add_valuehead=False):
-        model = load_action_model(tokenizer, model_args, finetuning_args, is_trainable=False)
-        loaded.append(model)
-        return merged_backbone(model)
+    def load_model(self, tokenizer, model_args, finetuning_args, is_trainable=False, add_valuehead=False):
+        self.model = load_action_model(tokenizer, model_args, finetuning_args, is_trainable=False)
+        return merged_backbone(self.model)
 
-    tuner.load_tokenizer, tuner.load_model = load_tokenizer, load_model
-    try:
-        yield loaded
-    finally:
-        tuner.load_tokenizer, tuner.load_model = original_load_tokenizer, original_load_model
-
-
-def export_action_model(original_export: Callable, args: dict[str, Any]) -> None:
-    from llamafactory.train import tuner
-
-    with action_model_loading(tuner) as loaded:
-        original_export(args)
-
-    model = loaded[0]
-    model.action_decoder.save_pretrained(
-        args["export_dir"], action_embedding=model.action_embedding, extra_config=model.head_config()
-    )
+    def save_head(self, export_dir: str) -> None:
+        self.model.action_decoder.save_pretrained(
+            export_dir, action_embedding=self.model.action_embedding, extra_config=self.model.head_config()
+        )
