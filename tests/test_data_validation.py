@@ -4,6 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from ivcp.data import ActionDataError
@@ -150,3 +152,66 @@ def test_unknown_label_name_is_rejected(tiny_model, motion_data, tmp_path):
         err.value
     )
     assert "example 0 " not in str(err.value)
+
+
+def _write_bad_videos(good: Path, out_dir: Path) -> dict[str, Path]:
+    r"""Real broken files: empty, text, half of a good mp4, a good mp4 with its frame data zeroed, audio only."""
+    out_dir.mkdir()
+    data = bytearray(good.read_bytes())
+    mdat = data.index(b"mdat")
+    mdat_size = int.from_bytes(data[mdat - 4 : mdat], "big")
+    files = {
+        "empty": b"",
+        "not-a-video": b"just some text, renamed to .mp4\n",
+        "truncated": bytes(data[: len(data) // 2]),
+        "no-decodable-frame": bytes(data[: mdat + 4]) + bytes(mdat_size - 8) + bytes(data[mdat - 4 + mdat_size :]),
+    }
+    paths = {}
+    for name, content in files.items():
+        paths[name] = out_dir / f"{name}.mp4"
+        paths[name].write_bytes(content)
+
+    paths["audio-only"] = out_dir / "audio-only.mp4"
+    with av.open(str(paths["audio-only"]), mode="w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+
+    return paths
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("empty", "PyAV cannot read"),
+        ("not-a-video", "PyAV cannot read"),
+        ("truncated", "PyAV cannot read"),
+        ("no-decodable-frame", "PyAV cannot read"),
+        ("audio-only", "holds no video stream"),
+    ],
+)
+def test_unreadable_video_is_rejected_before_training(tiny_model, motion_data, tmp_path, case, fragment):
+    # Qwen2-VL's plugin counts video tokens from the header alone: these files would pass it and crash the collator
+    bad = _write_bad_videos(
+        Path(motion_data) / read_json(Path(motion_data) / "motion_train.json")[0]["videos"][0], tmp_path / "bad"
+    )
+    _assert_rejected(
+        tiny_model, motion_data, tmp_path, _example(video=str(bad[case])), f"{case}.mp4", fragment, "re-encode it"
+    )
+
+
+def test_model_without_video_processor_is_rejected(tiny_model, motion_data, tmp_path):
+    text_only = tmp_path / "no_processor"
+    shutil.copytree(tiny_model, text_only)
+    (text_only / "processor_config.json").unlink()
+    with pytest.raises(ActionDataError, match="the model has no video processor") as err:
+        _load(str(text_only), motion_data, tmp_path, [_example(), _example()])
+
+    assert "example" not in str(err.value)  # one message for the model, not one per example
+
+
+def test_template_without_video_is_rejected(tiny_model, motion_data, tmp_path):
+    with pytest.raises(ActionDataError, match="template `qwen` takes none: use the template that fits the model"):
+        _load(tiny_model, motion_data, tmp_path, [_example()], template="qwen")

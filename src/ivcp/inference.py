@@ -73,6 +73,7 @@ class ActionClassifier:
             data_args=data_args,
             num_classes=finetuning_args.num_action_classes,
             label_names=tuple(model.label_names) if model.label_names else None,
+            decode_videos=False,
             **tokenizer_module,
         )
         collator = ActionDataCollator(template=template, model=model.backbone, **tokenizer_module)
@@ -88,7 +89,9 @@ class ActionClassifier:
             "_videos": [video],
             "_audios": None,
         }
-        input_ids = self.encoder._encode_example(example, where=f"video {video}")
+        where = f"video {video}"
+        input_ids = self.encoder.tokenize(example, where)
+        self.encoder.check_length(input_ids, where)
         return {
             "input_ids": input_ids,
             "attention_mask": [1] * len(input_ids),

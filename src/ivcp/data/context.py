@@ -32,7 +32,34 @@ def loading_action_data(config: ActionDataConfig) -> Iterator[None]:
 
 
 class ActionDataError(ValueError):
-    r"""A dataset example the ``action_cls`` stage cannot train on; the message names it and the fix."""
+    r"""A dataset example the ``action_cls`` stage cannot train on; the message names it and the fix.
+
+    ``kind`` groups problems for ``ivcp check-data``'s report (one of :data:`PROBLEM_KINDS`).
+    """
+
+    def __init__(self, message: str, kind: str = "bad conversation") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class MediaSupportError(ActionDataError):
+    r"""The model or template cannot take the data's media at all: one message, not one per example."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="model or template without video support")
+
+
+PROBLEM_KINDS = (
+    "bad conversation",
+    "no <ACTION>",
+    "<ACTION> before the media",
+    "bad label",
+    "label out of range",
+    "video missing",
+    "video unreadable",
+    "longer than cutoff_len",
+    "model or template without video support",
+)
 
 
 def describe_example(source: str, index: int) -> str:

@@ -14,8 +14,9 @@ from llamafactory.data.processor.processor_utils import DatasetProcessor
 
 from .. import DEFAULT_PROMPT
 from ..model.action_decoder import ACTION_TOKEN
-from .context import ActionDataError, describe_example
+from .context import ActionDataError, MediaSupportError, describe_example
 from .converter import INDEX_FIELD, LABEL_FIELD, SOURCE_FIELD
+from .videos import check_video
 
 
 MAX_REPORTED_PROBLEMS = 10
@@ -23,7 +24,7 @@ MAX_REPORTED_PROBLEMS = 10
 
 class LabelOutOfRangeError(ActionDataError):
     def __init__(self, label: int, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, kind="label out of range")
         self.label = label
 
 
@@ -35,7 +36,8 @@ def parse_action_label(raw: str, num_classes: int, where: str, label_names: tupl
             known = ", ".join(repr(name) for name in label_names[:10]) + (", ..." if len(label_names) > 10 else "")
             raise ActionDataError(
                 f"{where} has `action_label` {value!r}, which is not one of the {len(label_names)} label names "
-                f"({known}): fix the label or add the name to the label names."
+                f"({known}): fix the label or add the name to the label names.",
+                kind="bad label",
             )
         return label_names.index(value)
 
@@ -43,13 +45,16 @@ def parse_action_label(raw: str, num_classes: int, where: str, label_names: tupl
         value = int(value)  # Arrow stores every label of a file as float once one of them is a float
 
     if value is None:
-        raise ActionDataError(f"{where} has no `action_label`: add the class id (an integer in [0, {num_classes})).")
+        raise ActionDataError(
+            f"{where} has no `action_label`: add the class id (an integer in [0, {num_classes})).", kind="bad label"
+        )
 
     if isinstance(value, bool) or not isinstance(value, int):
         raise ActionDataError(
             f"{where} has `action_label` {value!r}, which is not an integer class id: use an integer in "
             f"[0, {num_classes})"
-            + (", or give class names (`action_label_names`)." if isinstance(value, str) else ".")
+            + (", or give class names (`action_label_names`)." if isinstance(value, str) else "."),
+            kind="bad label",
         )
 
     if not 0 <= value < num_classes:
@@ -66,6 +71,7 @@ def parse_action_label(raw: str, num_classes: int, where: str, label_names: tupl
 class ActionDatasetProcessor(DatasetProcessor):
     num_classes: int = 51
     label_names: tuple[str, ...] | None = None
+    decode_videos: bool = True  # inference leaves the one decode to the collator
 
     def _check_messages(self, messages: list[dict[str, str]], where: str) -> None:
         if len(messages) % 2 != 0 or len(messages) == 0:
@@ -82,13 +88,34 @@ class ActionDatasetProcessor(DatasetProcessor):
 
         if not any(ACTION_TOKEN in message["content"] for message in messages if message["role"] == "user"):
             raise ActionDataError(
-                f"{where} has no {ACTION_TOKEN} in its user turn: append it after the video, e.g. '{DEFAULT_PROMPT}'."
+                f"{where} has no {ACTION_TOKEN} in its user turn: append it after the video, e.g. '{DEFAULT_PROMPT}'.",
+                kind="no <ACTION>",
             )
 
-    def _encode_example(self, example: dict[str, Any], where: str) -> list[int]:
+    def _check_video_support(self) -> None:
+        if self.template.mm_plugin.video_token is None:
+            raise MediaSupportError(
+                f"The data has videos, but template `{self.data_args.template}` takes none: use the template that fits "
+                "the model (e.g. `qwen2_vl` for Qwen2-VL and Qwen2.5-VL)."
+            )
+
+        if getattr(self.processor, "video_processor", None) is None:
+            raise MediaSupportError(
+                "The data has videos, but the model has no video processor (AutoProcessor found none next to "
+                "`model_name_or_path`): use a video LLM such as Qwen2-VL, whose folder holds its preprocessor configs."
+            )
+
+    def tokenize(self, example: dict[str, Any], where: str) -> list[int]:
+        r"""Check the conversation and its media, encode it, and cut it right after the last ``<ACTION>``."""
         prompt, response = example["_prompt"], example["_response"]
         self._check_messages(prompt + response, where)
         images, videos, audios = example["_images"] or [], example["_videos"] or [], example["_audios"] or []
+        if videos:
+            self._check_video_support()
+
+        for video in videos:
+            check_video(video, where, self.data_args.media_dir, decode=self.decode_videos)
+
         try:
             messages = self.template.mm_plugin.process_messages(
                 prompt + response, images, videos, audios, self.processor
@@ -98,7 +125,7 @@ class ActionDatasetProcessor(DatasetProcessor):
             )
         except Exception as err:  # PyAV / PIL / plugin errors: say which example and which files
             raise ActionDataError(
-                f"{where} could not be processed (videos: {videos}, images: {images}): {err}"
+                f"{where} could not be processed (videos: {videos}, images: {images}): {err}", kind="video unreadable"
             ) from err
 
         prompt_ids, _ = self.template.encode_oneturn(self.tokenizer, messages, example["_system"], example["_tools"])
@@ -109,18 +136,28 @@ class ActionDatasetProcessor(DatasetProcessor):
         if any(token_id in media_ids for token_id in input_ids[action_position + 1 :]):
             raise ActionDataError(
                 f"{where} puts {ACTION_TOKEN} before its video or image: the token must come after all media, "
-                f"e.g. '{DEFAULT_PROMPT}'."
+                f"e.g. '{DEFAULT_PROMPT}'.",
+                kind="<ACTION> before the media",
             )
 
-        input_ids = input_ids[: action_position + 1]
+        return input_ids[: action_position + 1]
+
+    def check_length(self, input_ids: list[int], where: str) -> None:
         if len(input_ids) > self.data_args.cutoff_len:
             raise ActionDataError(
                 f"{where} is {len(input_ids)} tokens long up to {ACTION_TOKEN}, more than cutoff_len="
                 f"{self.data_args.cutoff_len}: raise `cutoff_len`, or lower `video_max_pixels`, `video_fps` or "
-                "`video_maxlen` (truncating would cut video tokens)."
+                "`video_maxlen` (truncating would cut video tokens).",
+                kind="longer than cutoff_len",
             )
 
-        return input_ids
+    def encode(self, example: dict[str, Any]) -> tuple[list[int], int]:
+        r"""The input ids (up to ``<ACTION>``) and class id of one aligned example, or an ActionDataError."""
+        where = describe_example(example[SOURCE_FIELD], example[INDEX_FIELD])
+        label = parse_action_label(example[LABEL_FIELD], self.num_classes, where, self.label_names)
+        input_ids = self.tokenize(example, where)
+        self.check_length(input_ids, where)
+        return input_ids, label
 
     def _media_tokens(self) -> list[str]:
         plugin = self.template.mm_plugin
@@ -132,10 +169,10 @@ class ActionDatasetProcessor(DatasetProcessor):
         labels_too_large: list[int] = []
         for i in range(len(examples["_prompt"])):
             example = {key: values[i] for key, values in examples.items()}
-            where = describe_example(example[SOURCE_FIELD], example[INDEX_FIELD])
             try:
-                label = parse_action_label(example[LABEL_FIELD], self.num_classes, where, self.label_names)
-                input_ids = self._encode_example(example, where)
+                input_ids, label = self.encode(example)
+            except MediaSupportError:
+                raise
             except ActionDataError as err:
                 problems.append(str(err))
                 if isinstance(err, LabelOutOfRangeError) and err.label >= self.num_classes:
