@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -78,13 +80,18 @@ def load_action_data(config: dict[str, Any]):
     )
 
 
+def _venv_command(args: tuple[str, ...], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    full_env = {**os.environ, **OFFLINE_ENV, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", **env}
+    return [os.path.join(BIN_DIR, args[0]), *args[1:]], full_env
+
+
 def run_command(
     work_dir: Path, *args: str, check: bool = True, timeout: float = 900, **env: str
 ) -> subprocess.CompletedProcess:
     r"""Run a command of the venv (``llamafactory-cli``, ``accelerate``, ``deepspeed``...) as a user would."""
-    full_env = {**os.environ, **OFFLINE_ENV, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", **env}
+    argv, full_env = _venv_command(args, env)
     result = subprocess.run(
-        [os.path.join(BIN_DIR, args[0]), *args[1:]],
+        argv,
         cwd=work_dir,
         check=False,
         env=full_env,
@@ -96,6 +103,15 @@ def run_command(
         raise AssertionError(f"{' '.join(args[:2])} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
 
     return result
+
+
+def start_command(work_dir: Path, *args: str, log_path: Path, **env: str) -> subprocess.Popen:
+    r"""Start what :func:`run_command` runs without waiting, in its own process group so a test can kill it all."""
+    argv, full_env = _venv_command(args, env)
+    with open(log_path, "w", encoding="utf-8") as log:
+        return subprocess.Popen(
+            argv, cwd=work_dir, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def llamafactory_cli(work_dir: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -134,3 +150,32 @@ def saved_weights(output_dir: str | Path) -> dict[str, torch.Tensor]:
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def write_broken_videos(motion_data: str, out_dir: Path) -> dict[str, Path]:
+    r"""Real broken files: empty, text, half of a good mp4, a good mp4 with its frame data zeroed, audio only."""
+    out_dir.mkdir()
+    good = Path(motion_data) / read_json(Path(motion_data) / "motion_train.json")[0]["videos"][0]
+    data = bytearray(good.read_bytes())
+    mdat = data.index(b"mdat")
+    mdat_size = int.from_bytes(data[mdat - 4 : mdat], "big")
+    files = {
+        "empty": b"",
+        "not-a-video": b"just some text, renamed to .mp4\n",
+        "truncated": bytes(data[: len(data) // 2]),
+        "no-decodable-frame": bytes(data[: mdat + 4]) + bytes(mdat_size - 8) + bytes(data[mdat - 4 + mdat_size :]),
+    }
+    paths = {}
+    for name, content in files.items():
+        paths[name] = out_dir / f"{name}.mp4"
+        paths[name].write_bytes(content)
+
+    paths["audio-only"] = out_dir / "audio-only.mp4"
+    with av.open(str(paths["audio-only"]), mode="w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+
+    return paths

@@ -4,13 +4,11 @@ import json
 import shutil
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 
 from ivcp.data import ActionDataError
 
-from .conftest import base_config, load_action_data, read_json
+from .conftest import base_config, load_action_data, read_json, write_broken_videos
 
 
 GOOD_PROMPT = "<video>What is the person doing?<ACTION>"
@@ -154,34 +152,6 @@ def test_unknown_label_name_is_rejected(tiny_model, motion_data, tmp_path):
     assert "example 0 " not in str(err.value)
 
 
-def _write_bad_videos(good: Path, out_dir: Path) -> dict[str, Path]:
-    r"""Real broken files: empty, text, half of a good mp4, a good mp4 with its frame data zeroed, audio only."""
-    out_dir.mkdir()
-    data = bytearray(good.read_bytes())
-    mdat = data.index(b"mdat")
-    mdat_size = int.from_bytes(data[mdat - 4 : mdat], "big")
-    files = {
-        "empty": b"",
-        "not-a-video": b"just some text, renamed to .mp4\n",
-        "truncated": bytes(data[: len(data) // 2]),
-        "no-decodable-frame": bytes(data[: mdat + 4]) + bytes(mdat_size - 8) + bytes(data[mdat - 4 + mdat_size :]),
-    }
-    paths = {}
-    for name, content in files.items():
-        paths[name] = out_dir / f"{name}.mp4"
-        paths[name].write_bytes(content)
-
-    paths["audio-only"] = out_dir / "audio-only.mp4"
-    with av.open(str(paths["audio-only"]), mode="w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for packet in [*stream.encode(frame), *stream.encode()]:
-            container.mux(packet)
-
-    return paths
-
-
 @pytest.mark.parametrize(
     "case, fragment",
     [
@@ -194,9 +164,7 @@ def _write_bad_videos(good: Path, out_dir: Path) -> dict[str, Path]:
 )
 def test_unreadable_video_is_rejected_before_training(tiny_model, motion_data, tmp_path, case, fragment):
     # Qwen2-VL's plugin counts video tokens from the header alone: these files would pass it and crash the collator
-    bad = _write_bad_videos(
-        Path(motion_data) / read_json(Path(motion_data) / "motion_train.json")[0]["videos"][0], tmp_path / "bad"
-    )
+    bad = write_broken_videos(motion_data, tmp_path / "bad")
     _assert_rejected(
         tiny_model, motion_data, tmp_path, _example(video=str(bad[case])), f"{case}.mp4", fragment, "re-encode it"
     )

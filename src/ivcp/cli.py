@@ -1,4 +1,12 @@
-"""``ivcp classify``: classify videos from the command line into a JSONL file, with a progress bar.
+"""IVCP's command line.
+
+``ivcp check-data``: read every example of a dataset the way training will and report what would stop the run.
+
+    ivcp check-data --dataset my_videos --dataset_dir data --template qwen2_vl --cutoff_len 8192 \
+        --model Qwen/Qwen2-VL-7B-Instruct --num_action_classes 51
+    ivcp check-data examples/train_lora/qwen2vl_action_cls.yaml --workers 16 --problems problems.jsonl
+
+``ivcp classify``: classify videos from the command line into a JSONL file, with a progress bar.
 
     ivcp classify --model Qwen/Qwen2-VL-2B-Instruct --adapter output/action_cls_model clip1.mp4 clip2.mp4
     ivcp classify --model output/full_model --video_list videos.txt --output predictions.jsonl --top_k 5
@@ -10,6 +18,9 @@ For a whole registered dataset (with labels and metrics), use ``llamafactory-cli
 import argparse
 import json
 import sys
+from typing import Any
+
+import yaml
 
 from . import DEFAULT_PROMPT
 
@@ -24,7 +35,7 @@ def _classify(args: argparse.Namespace) -> None:
     if not videos:
         raise SystemExit("Give videos as arguments or in --video_list.")
 
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = _parse_settings(args.set)
     classifier = ActionClassifier.from_pretrained(args.model, adapter=args.adapter, **overrides)
     results = classifier.predict(
         videos, top_k=args.top_k, prompt=args.prompt, batch_size=args.batch_size, progress=True
@@ -32,6 +43,63 @@ def _classify(args: argparse.Namespace) -> None:
     with open(args.output, "w", encoding="utf-8") if args.output else sys.stdout as f:
         for result in results:
             f.write(json.dumps(result, ensure_ascii=False) + "\n")
+
+
+CHECK_FLAGS = {  # flag -> LLaMA-Factory argument
+    "model": "model_name_or_path",
+    "dataset": "dataset",
+    "eval_dataset": "eval_dataset",
+    "dataset_dir": "dataset_dir",
+    "media_dir": "media_dir",
+    "template": "template",
+    "cutoff_len": "cutoff_len",
+    "num_action_classes": "num_action_classes",
+    "action_label_names": "action_label_names",
+}
+
+
+def _parse_settings(items: list[str]) -> dict[str, Any]:
+    r"""``KEY=VALUE`` pairs, each value read as YAML (so ``8192`` is a number and ``true`` a boolean)."""
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from .check_data import check_data
+
+    config = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+
+    config.update({name: getattr(args, flag) for flag, name in CHECK_FLAGS.items() if getattr(args, flag) is not None})
+    config.update(_parse_settings(args.set))
+    try:
+        report = check_data(config, num_workers=args.workers)
+    except (ValueError, FileNotFoundError) as err:  # settings, model or template that cannot work at all
+        print(f"ivcp check-data: {err}", file=sys.stderr)
+        return 2
+
+    print(report.format())
+    if args.problems:
+        report.write_problems(args.problems)
+        print(f"Every problem, one JSON line each: {args.problems}")
+
+    return 1 if report.problems else 0
+
+
+def _add_check_data(commands: Any) -> None:
+    check = commands.add_parser(
+        "check-data",
+        help="check a dataset before training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("config", nargs="?", default=None, help="a training YAML to take the settings from")
+    for flag in CHECK_FLAGS:
+        check.add_argument(f"--{flag}", type=int if flag in ("cutoff_len", "num_action_classes") else str)
+    check.add_argument("--workers", type=int, default=None, help="processes (like preprocessing_num_workers)")
+    check.add_argument("--problems", default=None, help="write every problem to this JSONL file")
+    check.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other LLaMA-Factory arguments")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,9 +130,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="LLaMA-Factory model/data arguments, e.g. video_fps=2",
     )
+    _add_check_data(commands)
     args = parser.parse_args(argv)
     if args.command == "classify":
         _classify(args)
+    elif args.command == "check-data":
+        sys.exit(_check_data(args))
 
 
 if __name__ == "__main__":

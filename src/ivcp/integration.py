@@ -30,7 +30,7 @@ REQUIRED_NAMES = {
         "load_tokenizer",
     ],
     "llamafactory.hparams.parser": ["_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS", "read_args", "FinetuningArguments"],
-    "llamafactory.data.loader": ["align_dataset", "_get_dataset_processor", "get_dataset"],
+    "llamafactory.data.loader": ["align_dataset", "_get_dataset_processor", "_get_merged_dataset", "get_dataset"],
     "llamafactory.data.converter": ["get_dataset_converter", "DatasetConverter"],
     "llamafactory.data.parser": ["DatasetAttr"],
     "llamafactory.data.collator": ["MultiModalDataCollatorForSeq2Seq"],

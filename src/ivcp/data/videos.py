@@ -7,6 +7,7 @@ The result is cached with the rest of the preprocessing (``overwrite_cache: fals
 """
 
 import os
+from functools import lru_cache
 from typing import Any
 
 import av
@@ -17,8 +18,12 @@ from .context import ActionDataError
 REENCODE_HINT = "re-encode it (e.g. `ffmpeg -i in.mp4 -c:v libx264 out.mp4`) or remove the example"
 
 
-def _count_decodable_frames(path: str) -> tuple[int, int]:
-    r"""(frames that decode, frames the header announces; 0 when unknown). Raises PyAV errors and StopIteration."""
+@lru_cache(maxsize=65536)  # datasets with many questions per video (VideoEspresso) decode each file once
+def _count_decodable_frames(path: str, stamp: tuple[int, int]) -> tuple[int, int]:
+    r"""(frames that decode, frames the header announces; 0 when unknown). Raises PyAV errors and StopIteration.
+
+    ``stamp`` (size, mtime) keys the cache so that a file changed on disk is decoded again.
+    """
     with av.open(path, "r") as container:
         stream = next(stream for stream in container.streams if stream.type == "video")
         stream.thread_type = "AUTO"
@@ -44,7 +49,8 @@ def check_video(video: Any, where: str, media_dir: str | None, decode: bool = Tr
         return
 
     try:
-        decoded, announced = _count_decodable_frames(video)
+        status = os.stat(video)
+        decoded, announced = _count_decodable_frames(video, (status.st_size, status.st_mtime_ns))
     except StopIteration:
         raise ActionDataError(
             f"{where} has {video!r}, which holds no video stream: {REENCODE_HINT}.", "video unreadable"

@@ -52,10 +52,10 @@ def check_action_cls_args(
         )
 
 
-def resolve_label_names(
+def find_label_names(
     model_args: "ModelArguments", data_args: "DataArguments", finetuning_args: "ActionFinetuningArguments"
-) -> list[str] | None:
-    r"""Class names from ``action_label_names``, else the datasets' ``label_names``, else the saved head's config."""
+) -> tuple[list[str] | None, str | None]:
+    r"""Class names and where they come from: ``action_label_names``, the datasets' ``label_names``, the head."""
     names, origin = None, None
     if finetuning_args.action_label_names is not None:
         names, origin = read_label_names(finetuning_args.action_label_names), finetuning_args.action_label_names
@@ -74,6 +74,14 @@ def resolve_label_names(
         head_config = load_head_config(head_directory) if head_directory else None
         names, origin = (head_config or {}).get("label_names"), f"the head config in {head_directory}"
 
+    return names, origin
+
+
+def resolve_label_names(
+    model_args: "ModelArguments", data_args: "DataArguments", finetuning_args: "ActionFinetuningArguments"
+) -> list[str] | None:
+    r"""The class names, checked against ``num_action_classes``."""
+    names, origin = find_label_names(model_args, data_args, finetuning_args)
     check_label_names(names, finetuning_args.num_action_classes, origin)
     return names
 

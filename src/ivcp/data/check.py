@@ -1,0 +1,150 @@
+"""Read every example the way training will and report what would stop or skew a run, before any GPU hour is spent.
+
+The examples go through LLaMA-Factory's loader and IVCP's converter, then through the same checks as training
+(:class:`ActionDatasetProcessor`): conversation, ``<ACTION>`` placement, label, every video decoded, token length.
+Unlike training, a bad example does not stop the check: all of them are counted and listed.
+"""
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .context import ActionDataConfig, ActionDataError, MediaSupportError, describe_example, loading_action_data
+from .converter import INDEX_FIELD, LABEL_FIELD, SOURCE_FIELD
+from .processor import ActionDatasetProcessor, parse_action_label
+
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments
+
+
+SHOWN_PER_KIND = 3
+
+
+@dataclass
+class DataReport:
+    num_classes: int
+    cutoff_len: int
+    label_names: list[str] | None = None
+    examples: Counter = field(default_factory=Counter)  # dataset name -> examples
+    labels: Counter = field(default_factory=Counter)  # class id -> examples with a valid label
+    lengths: list[int] = field(default_factory=list)  # tokens up to <ACTION> of every example that encodes
+    problems: list[dict[str, str]] = field(default_factory=list)  # {"dataset", "kind", "message"}
+    bad_examples: int = 0
+
+    def add(self, dataset_name: str, checked: "Dataset") -> None:
+        self.examples[dataset_name] += len(checked)
+        self.labels.update(label for label in checked["label"] if label >= 0)
+        self.lengths += [length for length in checked["length"] if length >= 0]
+        for kinds, messages in zip(checked["problem_kinds"], checked["problems"]):
+            self.bad_examples += bool(kinds)
+            self.problems += [{"dataset": dataset_name, "kind": k, "message": m} for k, m in zip(kinds, messages)]
+
+    def _name(self, label: int) -> str:
+        return f"{label} {self.label_names[label]}" if self.label_names else str(label)
+
+    def format(self) -> str:
+        total = sum(self.examples.values())
+        lines = [f"{total:,} examples: " + ", ".join(f"{name} {count:,}" for name, count in self.examples.items())]
+        lines.append(f"Examples per class ({self.num_classes} classes):")
+        for label in range(self.num_classes):
+            count = self.labels[label]
+            share = count / max(1, sum(self.labels.values()))
+            lines.append(f"  {self._name(label)[:40]:<40} {count:>8,}  {'#' * round(40 * share)}")
+
+        empty = [self._name(label) for label in range(self.num_classes) if self.labels[label] == 0]
+        if empty:
+            more = " ..." if len(empty) > 20 else ""
+            lines.append(f"  {len(empty)} classes have no example: {', '.join(empty[:20])}{more}")
+
+        if self.lengths:
+            p50, p95 = np.percentile(self.lengths, [50, 95])
+            over = sum(length > self.cutoff_len for length in self.lengths)
+            lines.append(
+                f"Tokens up to <ACTION>: min {min(self.lengths):,}, median {p50:,.0f}, 95% {p95:,.0f}, "
+                f"max {max(self.lengths):,}; {over:,} over cutoff_len={self.cutoff_len:,}"
+            )
+
+        if not self.problems:
+            lines.append("No problems: every example can be trained on.")
+            return "\n".join(lines)
+
+        lines.append(f"{self.bad_examples:,} of {total:,} examples cannot be used for action_cls:")
+        by_kind = Counter(problem["kind"] for problem in self.problems)
+        for kind, count in by_kind.most_common():
+            lines.append(f"  {kind}: {count:,}")
+            shown = [problem["message"] for problem in self.problems if problem["kind"] == kind][:SHOWN_PER_KIND]
+            lines += [f"    {message}" for message in shown]
+
+        return "\n".join(lines)
+
+    def write_problems(self, path: str) -> None:
+        r"""One JSON line per problem, for datasets too large to read the summary's samples."""
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(problem, ensure_ascii=False) + "\n" for problem in self.problems)
+
+
+def _inspect(example: dict[str, Any], processor: ActionDatasetProcessor) -> dict[str, Any]:
+    r"""Label, token length and every problem of one aligned example (-1 where unknown)."""
+    where = describe_example(example[SOURCE_FIELD], example[INDEX_FIELD])
+    result = {"label": -1, "length": -1, "problem_kinds": [], "problems": []}
+    try:
+        result["label"] = parse_action_label(example[LABEL_FIELD], processor.num_classes, where, processor.label_names)
+    except ActionDataError as err:
+        result["problem_kinds"].append(err.kind)
+        result["problems"].append(str(err))
+
+    try:
+        input_ids = processor.tokenize(example, where)
+        result["length"] = len(input_ids)
+        processor.check_length(input_ids, where)
+    except MediaSupportError:
+        raise
+    except ActionDataError as err:
+        result["problem_kinds"].append(err.kind)
+        result["problems"].append(str(err))
+
+    return result
+
+
+def check_action_data(
+    datasets: dict[str, "Dataset"], processor: ActionDatasetProcessor, num_workers: int | None = None
+) -> DataReport:
+    r"""Inspect aligned ``datasets`` (name -> dataset) with a progress bar per dataset; never stops at a bad one."""
+    report = DataReport(processor.num_classes, processor.data_args.cutoff_len, processor.label_names)
+    for name, dataset in datasets.items():
+        checked = dataset.map(
+            partial(_inspect, processor=processor),
+            remove_columns=dataset.column_names,
+            num_proc=num_workers,
+            load_from_cache_file=False,
+            desc=f"Checking {name}",
+        )
+        report.add(name, checked)
+
+    return report
+
+
+def load_aligned_datasets(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    config: ActionDataConfig,
+    stage: str,
+) -> dict[str, "Dataset"]:
+    r"""The train and eval datasets, each by name, converted the way training converts them (not yet tokenized)."""
+    from llamafactory.data.loader import _get_merged_dataset
+
+    datasets = {}
+    with loading_action_data(config):
+        for names in (data_args.dataset, data_args.eval_dataset):
+            loaded = _get_merged_dataset(names, model_args, data_args, training_args, stage, return_dict=True)
+            datasets.update(loaded or {})
+
+    return datasets
