@@ -14,12 +14,16 @@ class Split:
     skipped: Counter = field(default_factory=Counter)
 
 
-def to_example(video: str, label: int, names: list[str], prompt: str) -> dict:
+def sft_example(video: str, prompt: str, response: str) -> dict:
+    r"""One sharegpt example: a user turn (holding ``<video>``) and the assistant's reply."""
     return {
-        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": names[label]}],
+        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": response}],
         "videos": [video],
-        "action_label": label,
     }
+
+
+def to_example(video: str, label: int, names: list[str], prompt: str) -> dict:
+    return {**sft_example(video, prompt, names[label]), "action_label": label}
 
 
 def write_examples(out_dir: str, dataset_name: str, examples: list[dict]) -> str:
@@ -50,15 +54,25 @@ def register_datasets(out_dir: str, entries: dict[str, dict]) -> None:
         json.dump(info, f, ensure_ascii=False, indent=2)
 
 
-def write_dataset(out_dir: str, name: str, names: list[str], splits: dict[str, Split], prompt: str) -> dict[str, str]:
-    r"""Write ``<name>_<split>.json`` and ``<name>_label_names.json``, register them; return name -> file."""
+def check_prompt(prompt: str) -> None:
+    r"""Fail before writing anything if ``<ACTION>`` could not see the whole video."""
     if "<ACTION>" not in prompt or "<video>" not in prompt or prompt.index("<video>") > prompt.rindex("<ACTION>"):
         raise ValueError(f"The prompt {prompt!r} must hold <video> and, after it, <ACTION>.")
 
-    os.makedirs(out_dir, exist_ok=True)
+
+def write_label_names(out_dir: str, name: str, names: list[str]) -> str:
+    r"""Write ``<name>_label_names.json`` under ``out_dir`` and return its file name (for ``label_names``)."""
     names_file = f"{name}_label_names.json"
     with open(os.path.join(out_dir, names_file), "w", encoding="utf-8") as f:
         json.dump(names, f, ensure_ascii=False, indent=2)
+    return names_file
+
+
+def write_dataset(out_dir: str, name: str, names: list[str], splits: dict[str, Split], prompt: str) -> dict[str, str]:
+    r"""Write ``<name>_<split>.json`` and ``<name>_label_names.json``, register them; return name -> file."""
+    check_prompt(prompt)
+    os.makedirs(out_dir, exist_ok=True)
+    names_file = write_label_names(out_dir, name, names)
 
     files = {}
     for split, converted in splits.items():
