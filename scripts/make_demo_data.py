@@ -2,13 +2,15 @@
 
     python scripts/make_demo_data.py --out_dir data
 
-Registers ``action_demo_train`` (36 clips per class) and ``action_demo_test`` (12 per class) in data/dataset_info.json
-and writes the mp4 files (real H.264 through PyAV) to data/action_demo/.
+Registers ``action_demo_train`` (36 clips per class) and ``action_demo_test`` (12 per class) for ``action_cls`` and
+``mllm_video_demo`` (video QA on the first 24 training clips, for ``sft``) in data/dataset_info.json, and writes the
+mp4 files (real H.264 through PyAV) to data/action_demo/.
 """
 
 import argparse
+import json
 
-from ivcp.demo.motion_videos import make_motion_dataset
+from ivcp.demo.motion_videos import make_motion_dataset, write_video_qa_demo
 
 
 def main() -> None:
@@ -17,6 +19,7 @@ def main() -> None:
     parser.add_argument("--train_per_class", type=int, default=36)
     parser.add_argument("--test_per_class", type=int, default=12)
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--video_qa", type=int, default=24, help="training clips that get a video QA example")
     args = parser.parse_args()
     files = make_motion_dataset(
         args.out_dir,
@@ -26,6 +29,9 @@ def main() -> None:
         name="action_demo",
         video_dir="action_demo",
     )
+    with open(files["action_demo_train"], encoding="utf-8") as f:
+        files["mllm_video_demo"] = write_video_qa_demo(args.out_dir, json.load(f)[: args.video_qa])
+
     for name, path in files.items():
         print(f"{name}: {path}")
 

@@ -93,7 +93,7 @@ def test_every_problem_is_counted_and_listed(tiny_model, motion_data, tmp_path, 
     assert sorted(problem["message"].split(" of ")[0] for problem in problems) == [
         f"example {index}" for index in (3, 4, 5, 6, 7, 8, 9, 9)
     ]
-    rows = [line.split() for line in out.splitlines() if line[:3] in ("  0", "  1", "  2", "  3")]
+    rows = [line.split() for line in out.splitlines() if line[:5] in ("    0", "    1", "    2", "    3")]
     valid = Counter(example.get("action_label") for example in examples)  # 7 and no label are not histogram rows
     assert {int(row[0]): int(row[1]) for row in rows} == {label: valid[label] for label in range(4)}
 

@@ -169,19 +169,3 @@ def test_shipped_stage3_sample_loads_for_action_cls(tiny_model, tmp_path):
     )
     *_, dataset = load_action_data(config)
     assert dataset["train_dataset"]["action_labels"] == list(range(14)) * 2  # training records, then bench records
-
-
-def test_shipped_stage1_and_stage2_samples_load_for_sft(tiny_model, tmp_path):
-    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
-    from llamafactory.hparams import get_train_args
-    from llamafactory.model import load_tokenizer
-
-    for dataset_name in ("VideoEspresso_stage1", "VideoEspresso_stage2"):
-        config = base_config(tiny_model, DATA, str(tmp_path / "out"), stage="sft", dataset=dataset_name)
-        model_args, data_args, training_args, *_ = get_train_args(config)
-        tokenizer_module = load_tokenizer(model_args)
-        template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-        dataset = get_dataset(template, model_args, data_args, training_args, "sft", **tokenizer_module)
-        train = dataset["train_dataset"]
-        assert len(train) == 28
-        assert all(any(label != -100 for label in labels) for labels in train["labels"])  # the answers are learnt

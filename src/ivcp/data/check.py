@@ -47,7 +47,7 @@ class DataReport:
             self.problems += [{"dataset": dataset_name, "kind": k, "message": m} for k, m in zip(kinds, messages)]
 
     def _name(self, label: int) -> str:
-        return f"{label} {self.label_names[label]}" if self.label_names else str(label)
+        return f"{label:>5} {self.label_names[label]}" if self.label_names else f"{label:>5}"
 
     def format(self) -> str:
         total = sum(self.examples.values())
@@ -56,9 +56,9 @@ class DataReport:
         for label in range(self.num_classes):
             count = self.labels[label]
             share = count / max(1, sum(self.labels.values()))
-            lines.append(f"  {self._name(label)[:40]:<40} {count:>8,}  {'#' * round(40 * share)}")
+            lines.append(f"{self._name(label)[:44]:<44} {count:>8,}  {'#' * round(40 * share)}")
 
-        empty = [self._name(label) for label in range(self.num_classes) if self.labels[label] == 0]
+        empty = [self._name(label).strip() for label in range(self.num_classes) if self.labels[label] == 0]
         if empty:
             more = " ..." if len(empty) > 20 else ""
             lines.append(f"  {len(empty)} classes have no example: {', '.join(empty[:20])}{more}")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import DEFAULT_PROMPT
-from ..datasets.writer import register_datasets, to_example, write_examples
+from ..datasets.writer import register_datasets, sft_example, to_example, write_examples
 
 
 if TYPE_CHECKING:
@@ -19,6 +19,15 @@ if TYPE_CHECKING:
 
 
 DIRECTIONS = ("left", "right", "up", "down")
+_MOTION_PHRASES = {"left": "to the left", "right": "to the right", "up": "upwards", "down": "downwards"}
+VIDEO_QA = (  # (question, answer template) pairs of the video QA demo
+    ("<video>Which way does the square move?", "It moves {motion}."),
+    (
+        "<video>Describe what happens in this video.",
+        "A bright square slides steadily {motion} over a noisy background.",
+    ),
+    ("<video>Does the square move {other}?", "No, it moves {motion}."),
+)
 _STEPS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (row, column) per frame
 
 
@@ -113,3 +122,21 @@ def make_motion_dataset(
 
     register_datasets(out_dir, {dataset_name: {} for dataset_name in files})  # keeps the other datasets
     return files
+
+
+def write_video_qa_demo(out_dir: str, action_examples: list[dict], name: str = "mllm_video_demo") -> str:
+    r"""A small video QA set (``sft``) on clips of ``action_examples``: one question per clip, cycling the questions.
+
+    Registered as ``name`` in ``out_dir``/dataset_info.json, like LLaMA-Factory's ``mllm_video_demo``.
+    """
+    examples = []
+    for index, action_example in enumerate(action_examples):
+        direction = DIRECTIONS[action_example["action_label"]]
+        other = DIRECTIONS[(action_example["action_label"] + 1) % len(DIRECTIONS)]
+        question, answer = VIDEO_QA[index % len(VIDEO_QA)]
+        phrases = {"motion": _MOTION_PHRASES[direction], "other": _MOTION_PHRASES[other]}
+        examples.append(sft_example(action_example["videos"][0], question.format(**phrases), answer.format(**phrases)))
+
+    path = write_examples(out_dir, name, examples)
+    register_datasets(out_dir, {name: {}})
+    return path
