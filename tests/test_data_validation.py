@@ -183,3 +183,11 @@ def test_model_without_video_processor_is_rejected(tiny_model, motion_data, tmp_
 def test_template_without_video_is_rejected(tiny_model, motion_data, tmp_path):
     with pytest.raises(ActionDataError, match="template `qwen` takes none: use the template that fits the model"):
         _load(tiny_model, motion_data, tmp_path, [_example()], template="qwen")
+
+
+def test_label_column_mixing_ids_and_names_is_explained(tiny_model, motion_data, tmp_path):
+    with pytest.raises(ActionDataError) as err:
+        _load(tiny_model, motion_data, tmp_path, [_example(label=0), _example(label="right")])
+
+    assert "case.json" in str(err.value)
+    assert "use one kind in the whole file (all ids, or all names with `action_label_names`)" in str(err.value)

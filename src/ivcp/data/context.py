@@ -23,10 +23,26 @@ def active_action_data() -> ActionDataConfig | None:
 
 @contextmanager
 def loading_action_data(config: ActionDataConfig) -> Iterator[None]:
-    r"""Route LLaMA-Factory's dataset loading through the action converter and processor."""
+    r"""Route LLaMA-Factory's dataset loading through the action converter and processor.
+
+    A file that Arrow cannot read at all (typically a label column mixing class ids and class names) fails inside
+    ``datasets`` with "An error occurred while generating the dataset"; it is re-raised with the causes and the fix.
+    """
+    from datasets.exceptions import DatasetGenerationError
+
     token = _ACTIVE_CONFIG.set(config)
     try:
         yield
+    except DatasetGenerationError as err:
+        causes, cause = [], err.__cause__ or err.__context__
+        while cause is not None:
+            causes.append(str(cause))
+            cause = cause.__cause__ or cause.__context__
+        raise ActionDataError(
+            f"The dataset could not be read: {' <- '.join(causes) or err}. If `{config.label_column}` mixes class ids "
+            "and class names, use one kind in the whole file (all ids, or all names with `action_label_names`).",
+            kind="bad label",
+        ) from err
     finally:
         _ACTIVE_CONFIG.reset(token)
 
