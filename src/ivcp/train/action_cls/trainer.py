@@ -138,13 +138,19 @@ class ActionClsTrainer(Trainer):
 
     @override
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model=self.model.backbone)
-        if not os.path.isfile(os.path.join(resume_from_checkpoint, HEAD_WEIGHTS_NAME)):
-            raise ValueError(
-                f"{resume_from_checkpoint} has no {HEAD_WEIGHTS_NAME}: it was not written by an action_cls run."
-            )
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model=self.model.backbone)
+            if not os.path.isfile(os.path.join(resume_from_checkpoint, HEAD_WEIGHTS_NAME)):
+                raise ValueError(f"it has no {HEAD_WEIGHTS_NAME}, so an action_cls run did not write it")
 
-        self.model.load_head(resume_from_checkpoint)
+            self.model.load_head(resume_from_checkpoint)
+        except (RuntimeError, ValueError) as err:  # torch's size mismatch, our head checks
+            reason = str(err).splitlines()[0].rstrip(".:")
+            raise ValueError(
+                f"Cannot resume from {resume_from_checkpoint} ({reason}). LLaMA-Factory resumes from the last "
+                "checkpoint in `output_dir`: if it belongs to another run (other model, LoRA or head settings), use "
+                "a new `output_dir`, or set `overwrite_output_dir: true` to train from scratch there."
+            ) from err
 
     @override
     def _load_best_model(self) -> None:

@@ -11,6 +11,7 @@ from ...data.label_names import check_label_names, read_label_names
 from ...model import load_action_model, load_action_tokenizer
 from ...model.action_decoder import load_head_config
 from ...model.loader import find_head_directory
+from .checkpoints import complete_resume_checkpoint
 from .metric import ComputeActionMetrics
 from .trainer import ActionClsTrainer
 
@@ -109,6 +110,9 @@ def run_action_cls(
     finetuning_args: "ActionFinetuningArguments",
     callbacks: list["TrainerCallback"] | None = None,
 ) -> None:
+    if training_args.do_train:  # LLaMA-Factory resumes from the highest checkpoint-N, even a half-written one
+        training_args.resume_from_checkpoint = complete_resume_checkpoint(training_args.resume_from_checkpoint)
+
     tokenizer_module, template, label_names, dataset_module = prepare_action_data(
         model_args, data_args, training_args, finetuning_args
     )
