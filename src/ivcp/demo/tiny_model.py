@@ -169,10 +169,17 @@ def _vocab_rows(num_tokens: int) -> int:
     return (num_tokens + SPARE_VOCAB_ROWS + 127) // 128 * 128
 
 
-def _model_config(tokenizer: PreTrainedTokenizerBase, model_type: str) -> Any:
-    r"""The tiny config: 64-d, 2-layer LLM; depth-2 vision tower whose merger outputs the LLM hidden size."""
+def _model_config(
+    tokenizer: PreTrainedTokenizerBase, model_type: str, vocab_size: int | None, hidden_size: int, num_layers: int
+) -> Any:
+    r"""The tiny config: by default a 64-d, 2-layer LLM; depth-2 vision tower whose merger outputs its hidden size."""
     num_heads = 4
-    head_dim = TEXT_HIDDEN_SIZE // num_heads
+    head_dim = hidden_size // num_heads
+    if hidden_size % 64 != 0:
+        raise ValueError(
+            f"hidden_size must be a multiple of 64 (4 heads of a multiple of 16 for mrope), not {hidden_size}."
+        )
+
     token_ids = {
         "image_token_id": tokenizer.convert_tokens_to_ids("<|image_pad|>"),
         "video_token_id": tokenizer.convert_tokens_to_ids("<|video_pad|>"),
@@ -180,17 +187,17 @@ def _model_config(tokenizer: PreTrainedTokenizerBase, model_type: str) -> Any:
         "vision_end_token_id": tokenizer.convert_tokens_to_ids("<|vision_end|>"),
     }
     text_config = {
-        "vocab_size": _vocab_rows(len(tokenizer)),
-        "hidden_size": TEXT_HIDDEN_SIZE,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
+        "vocab_size": vocab_size or _vocab_rows(len(tokenizer)),
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": num_layers,
         "num_attention_heads": num_heads,
         "num_key_value_heads": 2,
         "hidden_act": "silu",
         "max_position_embeddings": 4096,
         "rms_norm_eps": 1e-6,
         "use_sliding_window": False,
-        "max_window_layers": 2,
+        "max_window_layers": num_layers,
         "attention_dropout": 0.0,
         "rope_parameters": {
             "rope_type": "default",
@@ -208,7 +215,7 @@ def _model_config(tokenizer: PreTrainedTokenizerBase, model_type: str) -> Any:
         vision_config = {
             "depth": 2,
             "embed_dim": 32,
-            "hidden_size": TEXT_HIDDEN_SIZE,  # the merger's output size
+            "hidden_size": hidden_size,  # the merger's output size
             "mlp_ratio": 4,
             "num_heads": 2,
             "in_channels": 3,
@@ -224,7 +231,7 @@ def _model_config(tokenizer: PreTrainedTokenizerBase, model_type: str) -> Any:
             "depth": 2,
             "hidden_size": 32,
             "intermediate_size": 64,
-            "out_hidden_size": TEXT_HIDDEN_SIZE,  # the merger's output size
+            "out_hidden_size": hidden_size,  # the merger's output size
             "num_heads": 2,
             "in_channels": 3,
             "patch_size": 14,
@@ -278,12 +285,23 @@ def _drop_sub_config_model_types(out_dir: str) -> None:
         json.dump(config, f, indent=2, sort_keys=True)
 
 
-def build_tiny_qwen2vl(out_dir: str, seed: int = 0, model_type: str = "qwen2_vl") -> str:
+def build_tiny_qwen2vl(
+    out_dir: str,
+    seed: int = 0,
+    model_type: str = "qwen2_vl",
+    vocab_size: int | None = None,
+    hidden_size: int = TEXT_HIDDEN_SIZE,
+    num_layers: int = 2,
+) -> str:
     r"""Write a tiny random Qwen2-VL (``model_type="qwen2_5_vl"``: Qwen2.5-VL) to ``out_dir`` and return it.
 
     The directory holds config, safetensors weights, generation config, tokenizer and processor files, and loads
     offline with ``AutoTokenizer``, ``AutoProcessor`` and ``AutoModelForImageTextToText``. The embedding has at least
     64 rows more than the tokenizer, so added tokens need no resize.
+
+    ``vocab_size`` (embedding and lm_head rows; e.g. Qwen2-VL's real 151936, the tokenizer stays small),
+    ``hidden_size`` (a multiple of 64; the MLP is twice as wide) and ``num_layers`` size the LLM for benchmarks:
+    the defaults give the small model the tests and the demo use.
     """
     from transformers import GenerationConfig
 
@@ -296,7 +314,7 @@ def build_tiny_qwen2vl(out_dir: str, seed: int = 0, model_type: str = "qwen2_vl"
 
     os.makedirs(out_dir, exist_ok=True)
     tokenizer = _train_tokenizer(out_dir)
-    config = _model_config(tokenizer, model_type)
+    config = _model_config(tokenizer, model_type, vocab_size, hidden_size, num_layers)
     if len(tokenizer) + SPARE_VOCAB_ROWS > config.text_config.vocab_size:
         raise RuntimeError("The tiny model's embedding has too few spare rows.")
 
