@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,13 @@ def write_broken_videos(motion_data: str, out_dir: Path) -> dict[str, Path]:
             container.mux(packet)
 
     return paths
+
+
+def motion_data_with(motion_data: str, data_dir: Path, name: str, examples: list[dict]) -> Path:
+    r"""A copy of the motion data in ``data_dir`` with ``examples`` registered as dataset ``name``."""
+    shutil.copytree(motion_data, data_dir, dirs_exist_ok=True)
+    info = read_json(data_dir / "dataset_info.json")
+    info[name] = {**info["motion_train"], "file_name": f"{name}.json"}
+    (data_dir / "dataset_info.json").write_text(json.dumps(info))
+    (data_dir / f"{name}.json").write_text(json.dumps(examples))
+    return data_dir

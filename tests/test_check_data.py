@@ -1,7 +1,6 @@
 """``ivcp check-data`` reads every example the way training does, lists every problem and exits non-zero on any."""
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 
 from ivcp.cli import main
 
-from .conftest import base_config, read_json, write_broken_videos, write_config
+from .conftest import base_config, motion_data_with, read_json, write_broken_videos, write_config
 
 
 def _check(capsys, *args: str) -> tuple[int, str, str]:
@@ -18,17 +17,6 @@ def _check(capsys, *args: str) -> tuple[int, str, str]:
 
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
-
-
-def _dataset(motion_data: str, tmp_path: Path, name: str, examples: list[dict]) -> Path:
-    r"""A copy of the motion data with ``examples`` registered as ``name``."""
-    data_dir = tmp_path / "data"
-    shutil.copytree(motion_data, data_dir, dirs_exist_ok=True)
-    info = read_json(data_dir / "dataset_info.json")
-    info[name] = {**info["motion_train"], "file_name": f"{name}.json"}
-    (data_dir / "dataset_info.json").write_text(json.dumps(info))
-    (data_dir / f"{name}.json").write_text(json.dumps(examples))
-    return data_dir
 
 
 def test_every_problem_is_counted_and_listed(tiny_model, motion_data, tmp_path, capsys):
@@ -54,7 +42,7 @@ def test_every_problem_is_counted_and_listed(tiny_model, motion_data, tmp_path, 
         variant(video=str(broken["not-a-video"]), action_label=3),
         variant(prompt="<video>" + "why " * 80 + "<ACTION>", action_label=7),
     ]
-    data_dir = _dataset(motion_data, tmp_path, "mixed", examples)
+    data_dir = motion_data_with(motion_data, tmp_path / "data", "mixed", examples)
     problems_file = tmp_path / "problems.jsonl"
     code, out, err = _check(
         capsys,
@@ -100,7 +88,7 @@ def test_every_problem_is_counted_and_listed(tiny_model, motion_data, tmp_path, 
 
 def test_a_training_yaml_with_thousands_of_examples_passes(tiny_model, motion_data, tmp_path, capsys):
     clips = read_json(Path(motion_data) / "motion_train.json")
-    data_dir = _dataset(motion_data, tmp_path, "big", [clips[i % len(clips)] for i in range(2000)])
+    data_dir = motion_data_with(motion_data, tmp_path / "data", "big", [clips[i % len(clips)] for i in range(2000)])
     config = write_config(base_config(tiny_model, str(data_dir), str(tmp_path / "out"), dataset="big"), tmp_path)
 
     code, out, _ = _check(capsys, config, "--workers", "2")

@@ -8,7 +8,7 @@ import pytest
 
 from ivcp.data import ActionDataError
 
-from .conftest import base_config, load_action_data, read_json, write_broken_videos
+from .conftest import base_config, load_action_data, motion_data_with, read_json, write_broken_videos
 
 
 GOOD_PROMPT = "<video>What is the person doing?<ACTION>"
@@ -27,16 +27,11 @@ def _example(prompt: str = GOOD_PROMPT, label=0, answer: str | None = "left", vi
 
 def _load(tiny_model: str, motion_data: str, tmp_path: Path, examples: list[dict], **overrides):
     r"""Write ``examples`` as dataset ``case`` next to the motion clips and load it the way training does."""
-    data_dir = tmp_path / "data"
-    shutil.copytree(motion_data, data_dir)
-    info = read_json(data_dir / "dataset_info.json")
-    info["case"] = {**info["motion_train"], "file_name": "case.json"}
-    (data_dir / "dataset_info.json").write_text(json.dumps(info))
-    video = read_json(data_dir / "motion_train.json")[0]["videos"][0]
+    video = read_json(Path(motion_data) / "motion_train.json")[0]["videos"][0]
     for example in examples:
         if example["videos"] == []:
             example["videos"] = [video]
-    (data_dir / "case.json").write_text(json.dumps(examples))
+    data_dir = motion_data_with(motion_data, tmp_path / "data", "case", examples)
 
     config = base_config(tiny_model, str(data_dir), str(tmp_path / "out"), dataset="case", **overrides)
     _, tokenizer_module, _, _, dataset = load_action_data(config)

@@ -53,9 +53,10 @@ class DataReport:
         total = sum(self.examples.values())
         lines = [f"{total:,} examples: " + ", ".join(f"{name} {count:,}" for name, count in self.examples.items())]
         lines.append(f"Examples per class ({self.num_classes} classes):")
+        labelled = max(1, sum(self.labels.values()))
         for label in range(self.num_classes):
             count = self.labels[label]
-            share = count / max(1, sum(self.labels.values()))
+            share = count / labelled
             lines.append(f"{self._name(label)[:44]:<44} {count:>8,}  {'#' * round(40 * share)}")
 
         empty = [self._name(label).strip() for label in range(self.num_classes) if self.labels[label] == 0]

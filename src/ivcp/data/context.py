@@ -50,7 +50,7 @@ def loading_action_data(config: ActionDataConfig) -> Iterator[None]:
 class ActionDataError(ValueError):
     r"""A dataset example the ``action_cls`` stage cannot train on; the message names it and the fix.
 
-    ``kind`` groups problems for ``ivcp check-data``'s report (one of :data:`PROBLEM_KINDS`).
+    ``kind`` groups problems for ``ivcp check-data``'s report ("no <ACTION>", "video unreadable", ...).
     """
 
     def __init__(self, message: str, kind: str = "bad conversation") -> None:
@@ -63,19 +63,6 @@ class MediaSupportError(ActionDataError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, kind="model or template without video support")
-
-
-PROBLEM_KINDS = (
-    "bad conversation",
-    "no <ACTION>",
-    "<ACTION> before the media",
-    "bad label",
-    "label out of range",
-    "video missing",
-    "video unreadable",
-    "longer than cutoff_len",
-    "model or template without video support",
-)
 
 
 def describe_example(source: str, index: int) -> str:

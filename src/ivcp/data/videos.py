@@ -53,7 +53,7 @@ def check_video(video: Any, where: str, media_dir: str | None, decode: bool = Tr
         decoded, announced = _count_decodable_frames(video, (status.st_size, status.st_mtime_ns))
     except StopIteration:
         raise ActionDataError(
-            f"{where} has {video!r}, which holds no video stream: {REENCODE_HINT}.", "video unreadable"
+            f"{where} has {video!r}, which holds no video stream: {REENCODE_HINT}.", kind="video unreadable"
         )
     except (av.FFmpegError, OSError) as err:
         raise ActionDataError(
@@ -61,7 +61,9 @@ def check_video(video: Any, where: str, media_dir: str | None, decode: bool = Tr
         ) from err
 
     if decoded == 0:
-        raise ActionDataError(f"{where} has {video!r}, with no decodable frame: {REENCODE_HINT}.", "video unreadable")
+        raise ActionDataError(
+            f"{where} has {video!r}, with no decodable frame: {REENCODE_HINT}.", kind="video unreadable"
+        )
 
     if decoded < announced:
         raise ActionDataError(
