@@ -4,6 +4,9 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
+# The suite runs in 2 pytest-xdist workers (one test file each at a time), each computing with one thread unless
+# OMP_NUM_THREADS is set: `make test OMP_NUM_THREADS=2`; `make test PYTEST_WORKERS=0` runs without xdist.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test lint
 
@@ -18,9 +21,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/python scripts/run_demo.py
 
+test: export OMP_NUM_THREADS ?= 1
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts benchmarks
-	$(VENV)/bin/python -m pytest -v
+	$(VENV)/bin/python -m pytest -v -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts benchmarks

@@ -19,7 +19,9 @@ from .conftest import base_config, read_json, run_cli, run_command, saved_weight
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DS_CONFIG = os.path.join(REPO, "examples", "deepspeed", "ds_z{stage}_config.json")
-TORCHRUN = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"}
+# every process of a run and of its reference computes with one thread: the same kernels, whatever the machine
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+TORCHRUN = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", **ONE_THREAD}
 LEARNING_RATE, LR_SCALE = 1.0e-3, 0.1
 
 deepspeed = pytest.importorskip("deepspeed")
@@ -55,7 +57,7 @@ def single_process(tiny_model, motion_data, tmp_path_factory):
     runs = {}
     for finetuning_type in ("lora", "full"):
         work_dir = tmp_path_factory.mktemp(f"single_{finetuning_type}")
-        run_cli(_config(tiny_model, motion_data, work_dir / "out", finetuning_type, 4), work_dir)
+        run_cli(_config(tiny_model, motion_data, work_dir / "out", finetuning_type, 4), work_dir, **ONE_THREAD)
         runs[finetuning_type] = work_dir / "out"
     return runs
 
@@ -71,6 +73,7 @@ def _launch(route: str, config: dict, work_dir) -> None:
             "2",
             os.path.join(REPO, "src", "train.py"),
             write_config(config, work_dir),
+            **ONE_THREAD,
         )
     else:
         if route.startswith("zero"):
@@ -126,6 +129,7 @@ def test_deepspeed_launcher_with_command_line_flags(tiny_model, motion_data, tmp
         "--deepspeed",
         DS_CONFIG.format(stage=3),
         *flags,
+        **ONE_THREAD,
     )
     _assert_same_run(tmp_path / "out", single_process["lora"])
 

@@ -12,7 +12,9 @@ from .fsdp2_worker import build_model, train_step
 
 def test_fsdp2_full_state_dict_save_matches_single_process(tiny_model, tmp_path):
     worker = os.path.join(os.path.dirname(__file__), "fsdp2_worker.py")
-    run_command(tmp_path, "torchrun", "--nproc_per_node", "2", worker, tiny_model, str(tmp_path / "out"), timeout=600)
+    # --standalone: a free rendezvous port, so a run in another test worker cannot collide with this one
+    torchrun = ("torchrun", "--standalone", "--nproc_per_node", "2")
+    run_command(tmp_path, *torchrun, worker, tiny_model, str(tmp_path / "out"), timeout=600)
 
     reference = build_model(tiny_model)
     reference.backbone.get_output_embeddings().weight.requires_grad_(False)

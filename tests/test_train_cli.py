@@ -5,7 +5,9 @@ import shutil
 
 import pytest
 import torch
+from llamafactory.train.tuner import run_exp
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from .conftest import base_config, llamafactory_cli, read_json, run_cli, saved_weights, trainer_losses
 
@@ -101,30 +103,41 @@ def test_resume_gives_the_same_head_as_an_uninterrupted_run(tiny_model, motion_d
     assert trainer_losses(resumed_dir)[-2:] == pytest.approx(trainer_losses(tmp_path / "straight")[-2:], abs=1e-4)
 
 
+class _ScriptedMetric(TrainerCallback):
+    r"""Adds ``eval_scripted`` to every evaluation: its best step is fixed by the test, not by the trajectory."""
+
+    def __init__(self, values: dict[int, float]) -> None:
+        self.values = values
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics["eval_scripted"] = self.values[state.global_step]
+
+
 def test_load_best_model_at_end_restores_the_best_head(tiny_model, motion_data, tmp_path):
     output_dir = tmp_path / "best"
     config = base_config(
         tiny_model,
         motion_data,
         str(output_dir),
-        max_steps=6,
+        max_steps=4,
         save_steps=1,
         eval_strategy="steps",
         eval_steps=1,
         eval_dataset="motion_test",
         load_best_model_at_end=True,
-        metric_for_best_model="loss",
-        learning_rate=5e-2,
+        metric_for_best_model="scripted",
+        greater_is_better=True,
     )
-    run_cli(config, tmp_path)
+    run_exp(config, callbacks=[_ScriptedMetric({1: 0.1, 2: 0.9, 3: 0.5, 4: 0.2})])  # in-process, to add the callback
     state = read_json(output_dir / "trainer_state.json")
-    best = state["best_model_checkpoint"]
-    assert best is not None and not best.endswith("checkpoint-6"), "pick a setting where the last step is not the best"
-    final, best_head = load_file(output_dir / HEAD_FILES[0]), load_file(os.path.join(best, HEAD_FILES[0]))
+    assert state["best_model_checkpoint"] == str(output_dir / "checkpoint-2")
+    final, best_head = load_file(output_dir / HEAD_FILES[0]), load_file(output_dir / "checkpoint-2" / HEAD_FILES[0])
+    last_head = load_file(output_dir / "checkpoint-4" / HEAD_FILES[0])
+    assert not torch.equal(last_head["net.weight"], best_head["net.weight"])  # the restore has something to undo
     for key in best_head:
         assert torch.equal(final[key], best_head[key]), key
     final_adapter = load_file(output_dir / "adapter_model.safetensors")
-    best_adapter = load_file(os.path.join(best, "adapter_model.safetensors"))
+    best_adapter = load_file(output_dir / "checkpoint-2" / "adapter_model.safetensors")
     assert all(torch.equal(final_adapter[key], best_adapter[key]) for key in best_adapter)
 
 
