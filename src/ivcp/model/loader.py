@@ -11,6 +11,7 @@ from llamafactory.model.model_utils.embedding import resize_embedding_layer
 from peft import PeftModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from ..integration import action_processor
 from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head, load_head_config
 from .action_model import ActionClassificationModel
 from .backbone import check_poolable, router_aux_loss_coef
@@ -44,6 +45,7 @@ def load_action_tokenizer(
     r"""LLaMA-Factory's tokenizer and processor with ``<ACTION>`` registered, and the fixed chat template."""
     tokenizer_module = load_tokenizer(model_args)
     add_action_token(tokenizer_module["tokenizer"])
+    tokenizer_module["processor"] = action_processor(tokenizer_module["processor"])
     return tokenizer_module, get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
 
 
