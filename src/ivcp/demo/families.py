@@ -455,3 +455,97 @@ def build_tiny_family(out_dir: str, family: str, seed: int = 0, spare_rows: bool
     spec.make_processor(tokenizer).save_pretrained(out_dir)  # also re-saves the tokenizer files
     _fix_tokenizer_config(out_dir)
     return out_dir
+
+
+GEMMA4_TOKENS = (
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<|turn>",
+    "<turn|>",
+    "<|image>",
+    "<image|>",
+    "<|image|>",
+    "<|video|>",
+    "<|audio>",
+    "<audio|>",
+    "<|audio|>",
+)
+
+
+def _gemma4_config(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> Any:
+    from transformers import Gemma4Config
+
+    text_config = _text_config(
+        tokenizer,
+        vocab_size,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<bos>"),
+        hidden_activation="gelu_pytorch_tanh",
+        layer_types=["sliding_attention", "full_attention"],
+        sliding_window=64,
+        global_head_dim=16,
+        num_global_key_value_heads=2,
+        vocab_size_per_layer_input=vocab_size,
+        hidden_size_per_layer_input=16,
+        final_logit_softcapping=30.0,
+        tie_word_embeddings=True,  # as Gemma's checkpoints
+    )
+    vision_config = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "patch_size": 16,
+        "pooling_kernel_size": 3,
+        "position_embedding_size": 256,
+    }
+    return Gemma4Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        audio_config=None,
+        tie_word_embeddings=True,
+        **_ids(
+            tokenizer,
+            boi_token_id="<|image>",
+            eoi_token_id="<image|>",
+            image_token_id="<|image|>",
+            video_token_id="<|video|>",
+            boa_token_id="<|audio>",
+            eoa_token_index="<audio|>",
+            audio_token_id="<|audio|>",
+        ),
+    )
+
+
+def _gemma4_processor(tokenizer: PreTrainedTokenizerBase) -> Any:
+    from transformers import Gemma4AudioFeatureExtractor, Gemma4ImageProcessor, Gemma4Processor, Gemma4VideoProcessor
+
+    return Gemma4Processor(
+        feature_extractor=Gemma4AudioFeatureExtractor(),
+        image_processor=Gemma4ImageProcessor(patch_size=16, max_soft_tokens=70, pooling_kernel_size=3),
+        video_processor=Gemma4VideoProcessor(patch_size=16, max_soft_tokens=70, pooling_kernel_size=3, num_frames=8),
+        tokenizer=tokenizer,
+        image_seq_length=70,
+    )
+
+
+FAMILIES["gemma4"] = Family(
+    "gemma4",
+    "gemma4",
+    "Gemma4ForConditionalGeneration",
+    _gemma4_config,
+    _gemma4_processor,
+    special_tokens=GEMMA4_TOKENS,
+    named_tokens={
+        "image_token": "<|image|>",
+        "boi_token": "<|image>",
+        "eoi_token": "<image|>",
+        "audio_token": "<|audio|>",
+        "boa_token": "<|audio>",
+        "eoa_token": "<audio|>",
+    },
+    eos_token="<turn|>",
+    pad_token="<pad>",
+)

@@ -1,0 +1,112 @@
+"""Every video LLM family of LLaMA-Factory 0.9.5 under ``stage: action_cls``, each a tiny random model built offline.
+
+One in-process run per family (``run_exp``: LoRA ``lora_target: all``, 2 steps, then predict on the test clips),
+then the saved adapter and head are loaded back from disk by ``ActionClassifier`` and must give the run's own
+predictions. Qwen2-VL, InternVL and Gemma 4 are built with no spare embedding rows, so ``<ACTION>`` forces a resize.
+"""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from llamafactory.train.tuner import run_exp
+from safetensors import safe_open
+from transformers import AutoConfig, AutoTokenizer, Glm4vConfig
+
+from ivcp.demo.families import FAMILIES, QWEN2_FAMILIES, build_tiny_family
+from ivcp.inference import ActionClassifier
+
+from .conftest import base_config, read_json, trainer_losses
+
+
+NO_SPARE_ROWS = {"qwen2_vl", "internvl", "gemma4"}
+ALL_FAMILIES = [*QWEN2_FAMILIES, *FAMILIES]
+
+
+def family_config(family: str, model_dir: str, motion_data: str, output_dir: str, **overrides):
+    template = QWEN2_FAMILIES.get(family) or FAMILIES[family].template
+    return base_config(
+        model_dir,
+        motion_data,
+        output_dir,
+        template=template,
+        video_maxlen=4,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        save_steps=100,
+        plot_loss=False,
+        **overrides,
+    )
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_family_trains_saves_and_predicts(family, motion_data, tmp_path):
+    model_dir = build_tiny_family(str(tmp_path / "model"), family, spare_rows=family not in NO_SPARE_ROWS)
+    output_dir = tmp_path / "out"
+    config = family_config(family, model_dir, motion_data, str(output_dir), eval_dataset="motion_test")
+    run_exp({**config, "do_predict": True})
+
+    losses = trainer_losses(output_dir)
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    with safe_open(str(output_dir / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("lora_A" in key for key in keys)
+    assert not any("embed_tokens" in key or "lm_head" in key for key in keys)  # <ACTION> lives in the head file
+
+    text_config = AutoConfig.from_pretrained(model_dir).get_text_config()
+    assert (text_config.vocab_size == len(AutoTokenizer.from_pretrained(model_dir))) == (family in NO_SPARE_ROWS)
+
+    with open(output_dir / "predictions.jsonl", encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    test_examples = read_json(os.path.join(motion_data, "motion_test.json"))
+    assert [record["label"] for record in records] == [example["action_label"] for example in test_examples]
+
+    classifier = ActionClassifier.from_pretrained(model_dir, adapter=str(output_dir), device="cpu")
+    videos = [os.path.join(motion_data, example["videos"][0]) for example in test_examples]
+    probabilities = F.softmax(classifier.predict_logits(videos), dim=-1)
+    for record, row in zip(records, probabilities):  # the reloaded model gives the run's own predictions
+        assert int(row.argmax()) == record["predicted"] or row.max() - row[record["predicted"]] < 1e-4
+        for entry in record["top_k"]:
+            assert row[entry["class"]].item() == pytest.approx(entry["probability"], abs=1e-4)
+
+
+def test_moe_router_loss_is_in_the_loss_and_logged(motion_data, tmp_path):
+    from ivcp.data import ActionDataCollator
+    from ivcp.model import load_action_model
+
+    from .conftest import load_action_data
+
+    model_dir = build_tiny_family(str(tmp_path / "model"), "qwen3_vl_moe")
+    output_dir = tmp_path / "out"
+    config = family_config("qwen3_vl_moe", model_dir, motion_data, str(output_dir), moe_aux_loss_coef=0.5)
+    (model_args, _, finetuning_args), tokenizer_module, template, _, dataset = load_action_data(config)
+    model = load_action_model(tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=True)
+    collator = ActionDataCollator(template=template, model=model.backbone, **tokenizer_module)
+    batch = collator([dataset["train_dataset"][i] for i in range(2)])
+    output = model(**batch)
+    assert output.aux_loss is not None and output.aux_loss.item() > 0
+    expected = F.cross_entropy(output.logits.float(), batch["action_labels"]) + 0.5 * output.aux_loss
+    torch.testing.assert_close(output.loss, expected)
+
+    model.router_aux_loss_coef = None  # a dense run: no router loss, nothing added
+    output = model(**batch)
+    assert output.aux_loss is None
+    torch.testing.assert_close(output.loss, F.cross_entropy(output.logits.float(), batch["action_labels"]))
+
+    run_exp(config)
+    history = read_json(output_dir / "trainer_state.json")["log_history"]
+    aux_losses = [record["aux_loss"] for record in history if "loss" in record]
+    assert len(aux_losses) == 2 and all(value > 0 for value in aux_losses)
+
+
+def test_unsupported_family_stops_before_training(motion_data, tmp_path):
+    model_dir = tmp_path / "glm4v"
+    Glm4vConfig().save_pretrained(model_dir)
+    config = base_config(str(model_dir), motion_data, str(tmp_path / "out"), template="glm4v")
+    with pytest.raises(ValueError, match=r"does not support the glm4v family: .*images=None.*Use Qwen3-VL"):
+        run_exp(config)
+
+    assert not (tmp_path / "out").exists()
