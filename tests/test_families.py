@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from llamafactory.train.tuner import run_exp
 from safetensors import safe_open
-from transformers import AutoConfig, AutoTokenizer, Glm4vConfig
+from transformers import AutoConfig, AutoTokenizer, Glm4vConfig, TrainerCallback
 
 from ivcp.demo.families import FAMILIES, QWEN2_FAMILIES, build_tiny_family
+from ivcp.demo.tiny_model import build_tiny_qwen2vl
 from ivcp.inference import ActionClassifier
 
 from .conftest import base_config, read_json, trainer_losses
@@ -110,3 +111,41 @@ def test_unsupported_family_stops_before_training(motion_data, tmp_path):
         run_exp(config)
 
     assert not (tmp_path / "out").exists()
+
+
+def test_qlora_4bit_trains_saves_and_predicts(motion_data, tmp_path):
+    # bitsandbytes' CPU 4-bit inference needs every linear layer at least 64 wide: a 64-d vision tower
+    model_dir = build_tiny_qwen2vl(str(tmp_path / "model"), vision_hidden_size=64)
+    output_dir = tmp_path / "out"
+    config = base_config(
+        model_dir,
+        motion_data,
+        str(output_dir),
+        quantization_bit=4,
+        max_steps=2,
+        save_steps=100,
+        plot_loss=False,
+        eval_dataset="motion_test",
+    )
+    probe = QuantizationProbe()
+    run_exp({**config, "do_predict": True}, callbacks=[probe])
+
+    assert probe.four_bit_layers > 0 and probe.trainable and all(".lora_" in name for name in probe.trainable)
+    assert len(trainer_losses(output_dir)) == 2
+    with safe_open(str(output_dir / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("lora_A" in key for key in keys)
+    with open(output_dir / "predictions.jsonl", encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == len(read_json(os.path.join(motion_data, "motion_test.json")))
+    assert all(0 <= record["predicted"] < 4 for record in records)
+
+
+class QuantizationProbe(TrainerCallback):
+    r"""What the trainer really trained: 4-bit linear layers in the backbone, and which weights were trainable."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
+        import bitsandbytes as bnb
+
+        self.four_bit_layers = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.backbone.modules())
+        self.trainable = [name for name, p in model.backbone.named_parameters() if p.requires_grad]

@@ -189,7 +189,12 @@ def _vocab_rows(num_tokens: int) -> int:
 
 
 def _model_config(
-    tokenizer: PreTrainedTokenizerBase, model_type: str, vocab_size: int | None, hidden_size: int, num_layers: int
+    tokenizer: PreTrainedTokenizerBase,
+    model_type: str,
+    vocab_size: int | None,
+    hidden_size: int,
+    num_layers: int,
+    vision_hidden_size: int = 32,
 ) -> Any:
     r"""The tiny config: by default a 64-d, 2-layer LLM; depth-2 vision tower whose merger outputs its hidden size."""
     num_heads = 4
@@ -233,7 +238,7 @@ def _model_config(
 
         vision_config = {
             "depth": 2,
-            "embed_dim": 32,
+            "embed_dim": vision_hidden_size,
             "hidden_size": hidden_size,  # the merger's output size
             "mlp_ratio": 4,
             "num_heads": 2,
@@ -248,8 +253,8 @@ def _model_config(
 
         vision_config = {
             "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "hidden_size": vision_hidden_size,
+            "intermediate_size": 2 * vision_hidden_size,
             "out_hidden_size": hidden_size,  # the merger's output size
             "num_heads": 2,
             "in_channels": 3,
@@ -311,6 +316,7 @@ def build_tiny_qwen2vl(
     vocab_size: int | None = None,
     hidden_size: int = TEXT_HIDDEN_SIZE,
     num_layers: int = 2,
+    vision_hidden_size: int = 32,
 ) -> str:
     r"""Write a tiny random Qwen2-VL (``model_type="qwen2_5_vl"``: Qwen2.5-VL) to ``out_dir`` and return it.
 
@@ -320,7 +326,8 @@ def build_tiny_qwen2vl(
 
     ``vocab_size`` (embedding and lm_head rows; e.g. Qwen2-VL's real 151936, the tokenizer stays small),
     ``hidden_size`` (a multiple of 64; the MLP is twice as wide) and ``num_layers`` size the LLM for benchmarks:
-    the defaults give the small model the tests and the demo use.
+    the defaults give the small model the tests and the demo use. ``vision_hidden_size`` 64 makes every linear layer
+    at least 64 wide, as bitsandbytes' 4-bit CPU inference needs (its quantization block is 64 values).
     """
     from transformers import GenerationConfig
 
@@ -333,7 +340,7 @@ def build_tiny_qwen2vl(
 
     os.makedirs(out_dir, exist_ok=True)
     tokenizer = train_tokenizer(out_dir)
-    config = _model_config(tokenizer, model_type, vocab_size, hidden_size, num_layers)
+    config = _model_config(tokenizer, model_type, vocab_size, hidden_size, num_layers, vision_hidden_size)
     if len(tokenizer) > config.text_config.vocab_size:
         raise RuntimeError(
             f"vocab_size {config.text_config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})."
