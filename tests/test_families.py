@@ -149,3 +149,27 @@ class QuantizationProbe(TrainerCallback):
 
         self.four_bit_layers = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.backbone.modules())
         self.trainable = [name for name, p in model.backbone.named_parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize(
+    ("family", "finetuning_type"), [("gemma4", "full"), ("internvl", "freeze"), ("qwen2_5_omni", "lora")]
+)
+def test_family_exports_a_self_contained_classifier(family, finetuning_type, motion_data, tmp_path):
+    from llamafactory.train.tuner import export_model
+
+    model_dir = build_tiny_family(str(tmp_path / "model"), family, spare_rows=family not in NO_SPARE_ROWS)
+    output_dir, export_dir = tmp_path / "out", tmp_path / "export"
+    run_exp(family_config(family, model_dir, motion_data, str(output_dir), finetuning_type=finetuning_type))
+    if finetuning_type == "lora":
+        trained = ActionClassifier.from_pretrained(model_dir, adapter=str(output_dir), device="cpu")
+        source = {"model_name_or_path": model_dir, "adapter_name_or_path": str(output_dir)}
+    else:
+        trained = ActionClassifier.from_pretrained(str(output_dir), device="cpu")
+        source = {"model_name_or_path": str(output_dir)}
+
+    template = QWEN2_FAMILIES.get(family) or FAMILIES[family].template
+    export_model({**source, "template": template, "finetuning_type": finetuning_type, "export_dir": str(export_dir)})
+    exported = ActionClassifier.from_pretrained(str(export_dir), device="cpu")  # the folder alone
+    test_examples = read_json(os.path.join(motion_data, "motion_test.json"))
+    videos = [os.path.join(motion_data, example["videos"][0]) for example in test_examples]
+    torch.testing.assert_close(exported.predict_logits(videos), trained.predict_logits(videos), rtol=1e-4, atol=1e-5)
