@@ -24,7 +24,18 @@ from .conftest import base_config, read_json, trainer_losses
 
 
 NO_SPARE_ROWS = {"qwen2_vl", "internvl", "gemma4"}
-ALL_FAMILIES = [*QWEN2_FAMILIES, *FAMILIES]
+ALL_FAMILIES = [
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "qwen3_vl_moe",
+    "qwen3_5",
+    "qwen2_5_omni",
+    "internvl",
+    "gemma4",
+    "llava_next_video",
+    "video_llava",
+]
 
 
 def family_config(family: str, model_dir: str, motion_data: str, output_dir: str, **overrides):
@@ -41,6 +52,10 @@ def family_config(family: str, model_dir: str, motion_data: str, output_dir: str
         plot_loss=False,
         **overrides,
     )
+
+
+def test_every_builder_is_in_the_matrix():
+    assert sorted(ALL_FAMILIES) == sorted([*QWEN2_FAMILIES, *FAMILIES])
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

@@ -21,6 +21,7 @@ UNSUPPORTED_FAMILIES = {
         "(`images=None`, `VideoMetadata(total_frames=...)`) and its rope index then gets `image_grid_thw=None`"
     ),
     "glm4v_moe": "it shares the glm4v plugin, which fails with transformers 5.6 (see glm4v)",
+    "glm46v": "it shares the glm4v plugin, which fails with transformers 5.6 (see glm4v)",
     "ernie4_5_vl_moe": (
         "LLaMA-Factory 0.9.5's ernie_vl plugin counts video tokens without the temporal merge, so the sequence "
         "does not match the vision features"
