@@ -426,37 +426,6 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def build_tiny_family(out_dir: str, family: str, seed: int = 0, spare_rows: bool = True) -> str:
-    r"""Write a tiny random model of ``family`` (a key of ``FAMILIES``) to ``out_dir`` and return it.
-
-    ``spare_rows=False``: the embedding has exactly one row per token, so ``<ACTION>`` forces a resize.
-    """
-    import transformers
-
-    if family in QWEN2_FAMILIES:
-        vocab_size = None if spare_rows else len(train_tokenizer(out_dir))
-        return build_tiny_qwen2vl(out_dir, seed=seed, model_type=family, vocab_size=vocab_size)
-
-    spec = FAMILIES[family]
-    os.makedirs(out_dir, exist_ok=True)
-    tokenizer = train_tokenizer(
-        out_dir, spec.special_tokens, spec.named_tokens, eos_token=spec.eos_token, pad_token=spec.pad_token
-    )
-    config = spec.make_config(tokenizer, _vocab_rows(len(tokenizer)) if spare_rows else len(tokenizer))
-    torch.manual_seed(seed)
-    model = getattr(transformers, spec.model_class)(config).to(torch.float32).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
-    )
-    model.save_pretrained(out_dir)
-    if "spk_dict.pt" in spec.extra_files:  # Qwen2.5-Omni's from_pretrained reads the talker's speakers
-        torch.save({}, os.path.join(out_dir, "spk_dict.pt"))
-
-    spec.make_processor(tokenizer).save_pretrained(out_dir)  # also re-saves the tokenizer files
-    _fix_tokenizer_config(out_dir)
-    return out_dir
-
-
 GEMMA4_TOKENS = (
     "<pad>",
     "<eos>",
@@ -549,3 +518,34 @@ FAMILIES["gemma4"] = Family(
     eos_token="<turn|>",
     pad_token="<pad>",
 )
+
+
+def build_tiny_family(out_dir: str, family: str, seed: int = 0, spare_rows: bool = True) -> str:
+    r"""Write a tiny random model of ``family`` (a key of ``FAMILIES``) to ``out_dir`` and return it.
+
+    ``spare_rows=False``: the embedding has exactly one row per token, so ``<ACTION>`` forces a resize.
+    """
+    import transformers
+
+    if family in QWEN2_FAMILIES:
+        vocab_size = None if spare_rows else len(train_tokenizer(out_dir))
+        return build_tiny_qwen2vl(out_dir, seed=seed, model_type=family, vocab_size=vocab_size)
+
+    spec = FAMILIES[family]
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer = train_tokenizer(
+        out_dir, spec.special_tokens, spec.named_tokens, eos_token=spec.eos_token, pad_token=spec.pad_token
+    )
+    config = spec.make_config(tokenizer, _vocab_rows(len(tokenizer)) if spare_rows else len(tokenizer))
+    torch.manual_seed(seed)
+    model = getattr(transformers, spec.model_class)(config).to(torch.float32).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
+    model.save_pretrained(out_dir)
+    if "spk_dict.pt" in spec.extra_files:  # Qwen2.5-Omni's from_pretrained reads the talker's speakers
+        torch.save({}, os.path.join(out_dir, "spk_dict.pt"))
+
+    spec.make_processor(tokenizer).save_pretrained(out_dir)  # also re-saves the tokenizer files
+    _fix_tokenizer_config(out_dir)
+    return out_dir
