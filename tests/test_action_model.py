@@ -20,14 +20,16 @@ def _setup(tiny_model, motion_data, tmp_path, **overrides):
     return model, batch, (model_args, training_args, finetuning_args, tokenizer_module, dataset, collator)
 
 
-def test_logits_come_from_the_action_hidden_state_without_lm_head(tiny_model, motion_data, tmp_path):
+def test_logits_come_from_the_action_hidden_state_without_vocabulary_logits(tiny_model, motion_data, tmp_path):
     model, batch, _ = _setup(tiny_model, motion_data, tmp_path)
     lm_head = model.base_model.get_output_embeddings()
     assert not lm_head.weight.requires_grad  # untied and unused: frozen
-    lm_head.register_forward_hook(lambda *args: pytest.fail("lm_head must not run"))
+    vocab_logits = []
+    lm_head.register_forward_hook(lambda module, args, output: vocab_logits.append(output.shape[1]))
 
     output = model(**batch)
     assert output.logits.shape == (2, 4) and output.loss.ndim == 0
+    assert vocab_logits == [0]  # lm_head is bypassed: its input is kept, it computes logits for no position
     output.loss.backward()
     assert model.action_embedding.grad is not None and model.action_embedding.grad.abs().sum() > 0
     assert model.action_decoder.net.weight.grad.abs().sum() > 0

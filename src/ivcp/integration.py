@@ -38,6 +38,7 @@ REQUIRED_NAMES = {
     "llamafactory.model.model_utils.embedding": ["resize_embedding_layer"],
     "llamafactory.train.callbacks": ["LogCallback", "ReporterCallback", "SaveProcessorCallback"],
     "llamafactory.train.trainer_utils": ["create_custom_optimizer", "create_custom_scheduler"],
+    "llamafactory.data.mm_plugin": ["MMPluginMixin", "LlavaNextVideoPlugin", "VideoLlavaPlugin"],
 }
 
 _registered = False
@@ -225,6 +226,65 @@ def _dataset_attr_join_wrapper(original: Callable) -> Callable:
         self.action_label_names = attr.get("label_names")
 
     return join
+
+
+class _VideosOnlyProcessor:
+    r"""A transformers video processor that drops the ``images=None`` LLaMA-Factory 0.9.5 passes it.
+
+    ``MMPluginMixin._get_mm_inputs`` calls ``video_processor(images=None, videos=...)`` whenever the processor's
+    ``preprocess`` takes ``videos``; transformers 5.6's dedicated video processors (LLaVA-NeXT-Video, Video-LLaVA)
+    reject the keyword (``VideosKwargs.__init__() got an unexpected keyword argument 'images'``).
+    """
+
+    def __init__(self, video_processor: Any) -> None:
+        self._video_processor = video_processor
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_video_processor":  # pickling looks these up before __dict__ is set
+            raise AttributeError(name)
+
+        return getattr(self._video_processor, name)
+
+    def __call__(self, *args: Any, images: Any = None, **kwargs: Any) -> Any:
+        if images is not None:
+            raise ValueError("A transformers video processor takes videos only.")
+
+        return self._video_processor(*args, **kwargs)
+
+
+class _ActionProcessor:
+    r"""The multimodal processor the action_cls stage hands LLaMA-Factory: the same, its video processor wrapped."""
+
+    def __init__(self, processor: Any) -> None:
+        self._processor = processor
+        self.video_processor = _VideosOnlyProcessor(processor.video_processor)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_processor":
+            raise AttributeError(name)
+
+        return getattr(self._processor, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("_processor", "video_processor"):
+            object.__setattr__(self, name, value)
+        else:  # LLaMA-Factory sets preprocessing settings (video_fps, ...) on the processor
+            setattr(self._processor, name, value)
+
+
+def action_processor(processor: Any) -> Any:
+    r"""``processor``, with its video processor made callable the way LLaMA-Factory 0.9.5 calls it (action_cls only).
+
+    Only transformers' dedicated video processors (``BaseVideoProcessor``) are wrapped, and the wrapper only drops
+    ``images=None``; every other processor is returned as is. sft keeps upstream's behaviour.
+    """
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    video_processor = getattr(processor, "video_processor", None)
+    if isinstance(processor, _ActionProcessor) or not isinstance(video_processor, BaseVideoProcessor):
+        return processor
+
+    return _ActionProcessor(processor)
 
 
 def _install_aliases() -> None:

@@ -5,15 +5,24 @@ from typing import Any
 
 import torch
 from llamafactory.data.collator import MultiModalDataCollatorForSeq2Seq
+from llamafactory.extras.constants import IGNORE_INDEX
 
 
 @dataclass
 class ActionDataCollator(MultiModalDataCollatorForSeq2Seq):
-    r"""Give it the backbone as ``model``: it needs ``get_rope_index`` for Qwen2-VL's 3D positions."""
+    r"""Give it the backbone as ``model``: it needs ``get_rope_index`` for Qwen2-VL's 3D positions.
+
+    The features carry no token ``labels``, but the parent pads them into a fake audio clip for templates with an
+    audio token (Qwen2.5-Omni), so each feature gets ignored ones, dropped again from the batch.
+    """
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         labels = [feature.pop("action_labels", None) for feature in features]
+        for feature in features:
+            feature["labels"] = [IGNORE_INDEX] * len(feature["input_ids"])
+
         batch = super().__call__(features)
+        batch.pop("labels")
         if all(label is not None for label in labels):  # absent at inference
             batch["action_labels"] = torch.tensor(labels, dtype=torch.long)
         return batch

@@ -102,7 +102,7 @@ def _training_corpus() -> list[str]:
     return lines * 4
 
 
-def _fix_tokenizer_config(out_dir: str) -> None:
+def _fix_tokenizer_config(out_dir: str, chat_template: str = CHAT_TEMPLATE) -> None:
     r"""Name the tokenizer class ``Qwen2Tokenizer``, embed the chat template and drop load-time-only keys."""
     config_path = os.path.join(out_dir, "tokenizer_config.json")
     with open(config_path, encoding="utf-8") as f:
@@ -112,13 +112,26 @@ def _fix_tokenizer_config(out_dir: str) -> None:
         tokenizer_config.pop(key, None)
 
     tokenizer_config["tokenizer_class"] = "Qwen2Tokenizer"
-    tokenizer_config["chat_template"] = CHAT_TEMPLATE
+    tokenizer_config["chat_template"] = chat_template
     with open(config_path, "w", encoding="utf-8") as f:
         json.dump(tokenizer_config, f, indent=2, ensure_ascii=False)
 
 
-def _train_tokenizer(out_dir: str) -> PreTrainedTokenizerBase:
-    r"""Train a byte-level BPE with Qwen2's pre-tokenizer, save it as ``Qwen2Tokenizer``, reload it (AutoTokenizer)."""
+def train_tokenizer(
+    out_dir: str,
+    special_tokens: tuple[str, ...] = SPECIAL_TOKENS,
+    named_tokens: dict[str, str] | None = None,
+    eos_token: str = "<|im_end|>",
+    pad_token: str = "<|endoftext|>",
+    bos_token: str | None = None,
+    chat_template: str = CHAT_TEMPLATE,
+) -> PreTrainedTokenizerBase:
+    r"""Train a byte-level BPE with Qwen2's pre-tokenizer, save it as ``Qwen2Tokenizer``, reload it (AutoTokenizer).
+
+    Every family's tiny model shares this recipe: ``special_tokens`` get fixed ids right after the BPE vocabulary
+    (in the order given), and ``named_tokens`` (e.g. ``{"image_token": "<image>"}``) become the tokenizer
+    attributes that some processors read (``tokenizer.image_token``, ``tokenizer.image_token_id``).
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -129,7 +142,7 @@ def _train_tokenizer(out_dir: str) -> PreTrainedTokenizerBase:
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_SIZE - len(SPECIAL_TOKENS),
+        vocab_size=BPE_VOCAB_SIZE - len(special_tokens),
         min_frequency=1,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -138,28 +151,34 @@ def _train_tokenizer(out_dir: str) -> PreTrainedTokenizerBase:
     model_state = json.loads(tokenizer.to_str())["model"]
     vocab: dict[str, int] = model_state["vocab"]
     merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model_state["merges"]]
-    for token in SPECIAL_TOKENS:  # fixed ids right after the BPE vocabulary, in Qwen2's order
+    for token in special_tokens:  # fixed ids right after the BPE vocabulary, in the given order
         vocab[token] = len(vocab)
 
+    named_tokens = named_tokens or {}
     qwen_tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
         unk_token=None,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        bos_token=bos_token,
+        eos_token=eos_token,
+        pad_token=pad_token,
         errors="replace",
         model_max_length=32768,
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        additional_special_tokens=[token for token in special_tokens if token != pad_token],
+        **({"extra_special_tokens": named_tokens} if named_tokens else {}),
     )
-    qwen_tokenizer.add_tokens(list(SPECIAL_TOKENS), special_tokens=True)
-    qwen_tokenizer.chat_template = CHAT_TEMPLATE
+    qwen_tokenizer.add_tokens(list(special_tokens), special_tokens=True)
+    qwen_tokenizer.chat_template = chat_template
     qwen_tokenizer.save_pretrained(out_dir)
-    _fix_tokenizer_config(out_dir)
+    _fix_tokenizer_config(out_dir, chat_template)
     reloaded = AutoTokenizer.from_pretrained(out_dir)
-    for token in SPECIAL_TOKENS:
+    for token in special_tokens:
         if reloaded.encode(token, add_special_tokens=False) != [reloaded.convert_tokens_to_ids(token)]:
             raise RuntimeError(f"The tiny tokenizer splits the special token {token}.")
+
+    for name, token in named_tokens.items():
+        if getattr(reloaded, name, None) != token:
+            raise RuntimeError(f"The tiny tokenizer lost its named token {name}={token}.")
 
     return reloaded
 
@@ -170,7 +189,12 @@ def _vocab_rows(num_tokens: int) -> int:
 
 
 def _model_config(
-    tokenizer: PreTrainedTokenizerBase, model_type: str, vocab_size: int | None, hidden_size: int, num_layers: int
+    tokenizer: PreTrainedTokenizerBase,
+    model_type: str,
+    vocab_size: int | None,
+    hidden_size: int,
+    num_layers: int,
+    vision_hidden_size: int = 32,
 ) -> Any:
     r"""The tiny config: by default a 64-d, 2-layer LLM; depth-2 vision tower whose merger outputs its hidden size."""
     num_heads = 4
@@ -214,7 +238,7 @@ def _model_config(
 
         vision_config = {
             "depth": 2,
-            "embed_dim": 32,
+            "embed_dim": vision_hidden_size,
             "hidden_size": hidden_size,  # the merger's output size
             "mlp_ratio": 4,
             "num_heads": 2,
@@ -229,8 +253,8 @@ def _model_config(
 
         vision_config = {
             "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "hidden_size": vision_hidden_size,
+            "intermediate_size": 2 * vision_hidden_size,
             "out_hidden_size": hidden_size,  # the merger's output size
             "num_heads": 2,
             "in_channels": 3,
@@ -292,16 +316,18 @@ def build_tiny_qwen2vl(
     vocab_size: int | None = None,
     hidden_size: int = TEXT_HIDDEN_SIZE,
     num_layers: int = 2,
+    vision_hidden_size: int = 32,
 ) -> str:
     r"""Write a tiny random Qwen2-VL (``model_type="qwen2_5_vl"``: Qwen2.5-VL) to ``out_dir`` and return it.
 
     The directory holds config, safetensors weights, generation config, tokenizer and processor files, and loads
-    offline with ``AutoTokenizer``, ``AutoProcessor`` and ``AutoModelForImageTextToText``. The embedding has at least
-    64 rows more than the tokenizer, so added tokens need no resize.
+    offline with ``AutoTokenizer``, ``AutoProcessor`` and ``AutoModelForImageTextToText``. By default the embedding
+    has at least 64 rows more than the tokenizer, so added tokens need no resize.
 
     ``vocab_size`` (embedding and lm_head rows; e.g. Qwen2-VL's real 151936, the tokenizer stays small),
     ``hidden_size`` (a multiple of 64; the MLP is twice as wide) and ``num_layers`` size the LLM for benchmarks:
-    the defaults give the small model the tests and the demo use.
+    the defaults give the small model the tests and the demo use. ``vision_hidden_size`` 64 makes every linear layer
+    at least 64 wide, as bitsandbytes' 4-bit CPU inference needs (its quantization block is 64 values).
     """
     from transformers import GenerationConfig
 
@@ -313,10 +339,12 @@ def build_tiny_qwen2vl(
         raise ValueError(f"Unknown model_type {model_type!r}: use `qwen2_vl` or `qwen2_5_vl`.")
 
     os.makedirs(out_dir, exist_ok=True)
-    tokenizer = _train_tokenizer(out_dir)
-    config = _model_config(tokenizer, model_type, vocab_size, hidden_size, num_layers)
-    if len(tokenizer) + SPARE_VOCAB_ROWS > config.text_config.vocab_size:
-        raise RuntimeError("The tiny model's embedding has too few spare rows.")
+    tokenizer = train_tokenizer(out_dir)
+    config = _model_config(tokenizer, model_type, vocab_size, hidden_size, num_layers, vision_hidden_size)
+    if len(tokenizer) > config.text_config.vocab_size:
+        raise RuntimeError(
+            f"vocab_size {config.text_config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})."
+        )
 
     torch.manual_seed(seed)
     model = model_class(config).to(torch.float32).eval()

@@ -1,8 +1,9 @@
 """The backbone + ActionDecoder wrapper: one module for the Trainer, DDP, FSDP and DeepSpeed.
 
 Like TRL's value-head model, the head lives outside the (PEFT-wrapped) backbone, so LoRA and freeze tuning never
-target it. The forward runs the backbone's inner model only (no lm_head, no vocabulary-size logits, no hidden
-states of every layer) and classifies the last hidden state at the last ``<ACTION>`` token.
+target it. The forward runs the backbone's own forward with lm_head bypassed (``backbone.final_hidden_states``: no
+vocabulary-size logits, no hidden states of every layer) and classifies the last hidden state at the last
+``<ACTION>`` token; a mixture-of-experts backbone adds its router loss, as in sft.
 """
 
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder
+from .backbone import final_hidden_states
 
 
 BACKBONE_PREFIX = "backbone."
@@ -25,6 +27,7 @@ DECODER_PREFIX = "action_decoder."
 class ActionClassifierOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None  # the MoE router loss, already in ``loss`` (times its coefficient)
 
 
 def last_token_positions(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
@@ -45,12 +48,14 @@ class ActionClassificationModel(nn.Module):
         action_token_id: int,
         action_embedding: torch.Tensor,
         label_names: list[str] | None = None,
+        router_aux_loss_coef: float | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.action_decoder = action_decoder
         self.action_token_id = action_token_id
         self.label_names = label_names
+        self.router_aux_loss_coef = router_aux_loss_coef  # None: no router loss (dense model, or not asked for)
         self.preprocessing: dict[str, Any] = {}  # the data settings inference must reuse (saved with the head)
         # its own parameter, so it can have its own learning rate and is saved with the head
         self.action_embedding = nn.Parameter(action_embedding.detach().clone().float())
@@ -91,20 +96,23 @@ class ActionClassificationModel(nn.Module):
         action_labels: torch.Tensor | None = None,
         **model_inputs: Any,
     ) -> ActionClassifierOutput:
-        model = self.base_model
-        inner_model = getattr(model, model.base_model_prefix, model)
-        outputs = inner_model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True, **model_inputs
+        hidden_states, aux_loss = final_hidden_states(
+            self.base_model,
+            input_ids,
+            attention_mask=attention_mask,
+            output_router_logits=self.router_aux_loss_coef is not None,
+            **model_inputs,
         )
-        hidden_states = outputs.last_hidden_state
         positions = last_token_positions(input_ids, self.action_token_id)
         pooled = hidden_states[torch.arange(hidden_states.size(0), device=hidden_states.device), positions]
         logits = self.action_decoder(pooled)
         loss = None
         if action_labels is not None:
             loss = F.cross_entropy(logits.float(), action_labels.to(logits.device))
+            if aux_loss is not None:
+                loss = loss + self.router_aux_loss_coef * aux_loss.to(loss.device)
 
-        return ActionClassifierOutput(loss=loss, logits=logits)
+        return ActionClassifierOutput(loss=loss, logits=logits, aux_loss=aux_loss)
 
     def head_config(self) -> dict[str, Any]:
         return {
@@ -131,6 +139,11 @@ class ActionClassificationModel(nn.Module):
 
         backbone_state = {k[len(BACKBONE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(BACKBONE_PREFIX)}
         head_state = {k[len(DECODER_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(DECODER_PREFIX)}
+        if isinstance(self.backbone, PeftModel):
+            # The <ACTION> row is saved with the head, so a resized embedding is never saved with the adapter (PEFT's
+            # "auto" check also reads `config.vocab_size`, which multimodal configs lack: AttributeError).
+            kwargs.setdefault("save_embedding_layers", False)
+
         self.backbone.save_pretrained(
             save_directory, state_dict=backbone_state, safe_serialization=safe_serialization, **kwargs
         )

@@ -8,10 +8,13 @@ from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.extras import logging
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.model.model_utils.embedding import resize_embedding_layer
+from peft import PeftModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from ..integration import action_processor
 from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head, load_head_config
 from .action_model import ActionClassificationModel
+from .backbone import check_poolable, router_aux_loss_coef
 
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ def load_action_tokenizer(
     r"""LLaMA-Factory's tokenizer and processor with ``<ACTION>`` registered, and the fixed chat template."""
     tokenizer_module = load_tokenizer(model_args)
     add_action_token(tokenizer_module["tokenizer"])
+    tokenizer_module["processor"] = action_processor(tokenizer_module["processor"])
     return tokenizer_module, get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
 
 
@@ -100,6 +104,7 @@ def load_action_model(
     action_token_id = tokenizer.convert_tokens_to_ids(ACTION_TOKEN)
     num_real_tokens = min(action_token_id, len(tokenizer))
     backbone = load_model(tokenizer, model_args, finetuning_args, is_trainable)
+    check_poolable(backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone)
     resize_embedding_layer(backbone, tokenizer)  # no-op when the table has spare rows (Qwen2-VL has ~280)
     _freeze_untied_lm_head(backbone)
 
@@ -129,6 +134,7 @@ def load_action_model(
         action_token_id=action_token_id,
         action_embedding=_initial_action_embedding(backbone, num_real_tokens),
         label_names=label_names,
+        router_aux_loss_coef=router_aux_loss_coef(backbone, model_args.moe_aux_loss_coef) if is_trainable else None,
     )
     model.preprocessing = (head_config or {}).get("preprocessing", {})
     if head_directory is not None:

@@ -54,6 +54,7 @@ class ActionClsTrainer(Trainer):
 
         self._check_deepspeed_optimizer()
         self._check_fsdp_state_dict_type()
+        self._router_losses: list[torch.Tensor] = []  # MoE router aux losses since the last log
 
     def _check_fsdp_state_dict_type(self) -> None:
         r"""HF Trainer calls ``_save`` (and so writes the head) only for FSDP's FULL_STATE_DICT."""
@@ -115,6 +116,23 @@ class ActionClsTrainer(Trainer):
     ) -> "torch.optim.lr_scheduler.LRScheduler":
         create_custom_scheduler(self.args, num_training_steps, optimizer)
         return super().create_scheduler(num_training_steps, optimizer)
+
+    @override
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        r"""Keep the MoE router aux loss (already in the loss) of each training step, to log it."""
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        if model.training and outputs.get("aux_loss") is not None:
+            self._router_losses.append(outputs["aux_loss"].detach().float())
+
+        return (loss, outputs) if return_outputs else loss
+
+    @override
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._router_losses and "loss" in logs:
+            logs["aux_loss"] = round(torch.stack(self._router_losses).mean().item(), 6)
+            self._router_losses.clear()
+
+        super().log(logs, *args, **kwargs)
 
     @override
     def _get_train_sampler(self, *args, **kwargs) -> Optional["torch.utils.data.Sampler"]:

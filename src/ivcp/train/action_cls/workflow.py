@@ -4,12 +4,14 @@ from typing import TYPE_CHECKING
 
 from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras.ploting import plot_loss
+from llamafactory.model.loader import load_config
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
 from ...data import ActionDataCollator, get_action_dataset
 from ...data.label_names import check_label_names, read_label_names
 from ...model import load_action_model, load_action_tokenizer
 from ...model.action_decoder import load_head_config
+from ...model.backbone import check_family
 from ...model.loader import find_head_directory
 from .checkpoints import complete_resume_checkpoint
 from .metric import ComputeActionMetrics
@@ -95,6 +97,7 @@ def prepare_action_data(
 ) -> tuple["TokenizerModule", "Template", list[str] | None, "DatasetModule"]:
     r"""Tokenizer with ``<ACTION>``, template, class names, and the checked dataset (every example validated)."""
     check_action_cls_args(model_args, data_args, finetuning_args)
+    check_family(load_config(model_args))
     tokenizer_module, template = load_action_tokenizer(model_args, data_args)
     label_names = resolve_label_names(model_args, data_args, finetuning_args)
     dataset_module = get_action_dataset(
