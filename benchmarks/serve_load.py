@@ -6,10 +6,11 @@ latency, and the ratio of requests/s to ``ActionClassifier.predict`` called one 
 (same model, same videos, measured in this run). Every response is checked against the class (and probabilities)
 that ActionClassifier gives the same video: a lost or mixed-up answer is counted and fails the run.
 
-Without ``--model``, it builds a tiny random Qwen2-VL and motion clips and trains a classifier for 2 steps first.
+Both servers run at once and the settings are measured interleaved (``--repeats`` rounds, medians shown), so a
+change in background load hits all of them alike. Without ``--model``, it builds a tiny random Qwen2-VL and motion clips and trains a classifier for 2 steps first.
 
-    python benchmarks/serve_load.py                                   # about 3-4 minutes on 2 CPU cores
-    python benchmarks/serve_load.py --requests 96 --concurrency 1 4 16 32
+    python benchmarks/serve_load.py                                   # about 6 minutes on 2 busy CPU cores
+    python benchmarks/serve_load.py --requests 96 --repeats 3 --concurrency 1 4 16 32 --threads 4
     python benchmarks/serve_load.py --model BASE --adapter OUTPUT_DIR --media_dir DIR --videos a.mp4 b.mp4
 """
 
@@ -80,20 +81,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def baseline(args: argparse.Namespace, videos: list[str]) -> tuple[float, dict[str, dict]]:
-    r"""ActionClassifier.predict one video at a time in this process: (videos/s, the result of each video)."""
+def load_baseline(args: argparse.Namespace, videos: list[str]):
+    r"""The in-process classifier and the result of each video (with every class), which also warms it up."""
     import torch
 
     from ivcp.inference import ActionClassifier
 
     torch.set_num_threads(args.threads)
     classifier = ActionClassifier.from_pretrained(args.model, adapter=args.adapter)
+    expected = {video: classifier.predict(os.path.join(args.media_dir, video), top_k=100) for video in videos}
+    return classifier, expected
+
+
+def baseline_rate(classifier, args: argparse.Namespace, videos: list[str]) -> float:
+    r"""ActionClassifier.predict one video at a time in this process, in videos/s."""
     paths = [os.path.join(args.media_dir, video) for video in videos]
-    expected = {video: classifier.predict(path, top_k=100) for video, path in zip(videos, paths)}  # also warms up
     start = time.perf_counter()
     for i in range(args.requests):
         classifier.predict(paths[i % len(paths)])
-    return args.requests / (time.perf_counter() - start), expected
+    return args.requests / (time.perf_counter() - start)
 
 
 def start_server(args: argparse.Namespace, batch_size: int, work_dir: str) -> tuple[subprocess.Popen, str]:
@@ -179,7 +185,8 @@ def main() -> None:
     parser.add_argument("--max_batch_size", type=int, default=8, help="api_max_batch_size with batching on")
     parser.add_argument("--max_wait_ms", type=float, default=5.0)
     parser.add_argument("--decode_workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the server and of the baseline")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and of the baseline")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of every setting, interleaved")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ivcp-serve-load-") as work_dir:
@@ -187,27 +194,40 @@ def main() -> None:
             print("Training a tiny classifier (2 steps)...", file=sys.stderr)
             args.model, args.adapter, args.media_dir, args.videos = train_tiny_classifier(work_dir, args.threads)
 
-        rate, expected = baseline(args, args.videos)
-        print(f"ActionClassifier.predict, one video at a time: {rate:.2f} videos/s ({args.requests} videos)")
+        classifier, expected = load_baseline(args, args.videos)
+        modes = {f"on (max {args.max_batch_size})": args.max_batch_size, "off": 1}
+        servers = {mode: start_server(args, batch_size, work_dir) for mode, batch_size in modes.items()}
+        rates, results = [], {(mode, c): [] for c in args.concurrency for mode in modes}
+        print(f"load average before: {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        try:
+            for _ in range(args.repeats):  # interleaved, so a change in background load hits every setting alike
+                rates.append(baseline_rate(classifier, args, args.videos))
+                for concurrency in args.concurrency:
+                    for mode in modes:
+                        result = load(servers[mode][1], args.videos, concurrency, args.requests, expected)
+                        results[mode, concurrency].append(result)
+        finally:
+            for process, _ in servers.values():
+                process.terminate()
+                process.wait(timeout=60)
+        print(f"load average after: {os.getloadavg()[0]:.1f}", file=sys.stderr)
+
+        rate = statistics.median(rates)
+        print(
+            f"ActionClassifier.predict, one video at a time: {rate:.2f} videos/s (median of {args.repeats} x "
+            f"{args.requests} videos); each row: median of {args.repeats} x {args.requests} requests"
+        )
         print("| batching | concurrency | requests/s | vs one-at-a-time | p50 ms | p95 ms | p99 ms | wrong or lost |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         wrong = 0
-        for batch_size in (args.max_batch_size, 1):
-            process, url = start_server(args, batch_size, work_dir)
-            try:
-                for concurrency in args.concurrency:
-                    result = load(url, args.videos, concurrency, args.requests, expected)
-                    wrong += result["wrong_or_lost"]
-                    mode = f"on (max {batch_size})" if batch_size > 1 else "off"
-                    print(
-                        f"| {mode} | {concurrency} | {result['requests_per_s']:.2f} | "
-                        f"{result['requests_per_s'] / rate:.2f}x | {result['p50_ms']:.0f} | {result['p95_ms']:.0f} | "
-                        f"{result['p99_ms']:.0f} | {result['wrong_or_lost']} |",
-                        flush=True,
-                    )
-            finally:
-                process.terminate()
-                process.wait(timeout=60)
+        for (mode, concurrency), runs in sorted(results.items(), key=lambda item: (item[0][0] == "off", item[0][1])):
+            median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            wrong += sum(run["wrong_or_lost"] for run in runs)
+            print(
+                f"| {mode} | {concurrency} | {median['requests_per_s']:.2f} | {median['requests_per_s'] / rate:.2f}x | "
+                f"{median['p50_ms']:.0f} | {median['p95_ms']:.0f} | {median['p99_ms']:.0f} | "
+                f"{sum(run['wrong_or_lost'] for run in runs)} |"
+            )
 
     if wrong:
         raise SystemExit(f"{wrong} responses were wrong or lost")

@@ -302,6 +302,8 @@ def test_models_health_chat_route_and_auth(served):
         ("malformed-json", 400, "malformed request body"),
         ("wrong-type", 400, "top_k"),
         ("body-too-large", 413, "api_max_body_mb"),
+        ("body-too-large-chunked", 413, "api_max_body_mb"),
+        ("nul-byte", 400, "not a valid path"),
     ],
 )
 def test_bad_input_is_a_4xx_naming_it_and_the_next_request_works(served, case, status, cause):
@@ -316,6 +318,7 @@ def test_bad_input_is_a_4xx_naming_it_and_the_next_request_works(served, case, s
         "scheme": "ftp://example.com/a.mp4",
         "base64": "data:video/mp4;base64,@@@@",
         "not-video-data": "data:text/plain;base64,aGVsbG8=",
+        "nul-byte": "a\x00b.mp4",
     }
     bodies = {
         "image-item": {"input": [{"type": "image_url", "image_url": {"url": "a.png"}}]},
@@ -330,8 +333,15 @@ def test_bad_input_is_a_4xx_naming_it_and_the_next_request_works(served, case, s
         response = httpx.post(
             f"{served['url']}/v1/classify", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
         )
-    elif case == "body-too-large":
-        response = _classify(served, {"input": ["data:video/mp4;base64," + "A" * (2 << 20)]})
+    elif case.startswith("body-too-large"):
+        body = json.dumps({"input": ["data:video/mp4;base64," + "A" * (2 << 20)]}).encode()
+        chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))  # no Content-Length: counted as it streams
+        response = httpx.post(
+            f"{served['url']}/v1/classify",
+            content=body if case == "body-too-large" else chunks,
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=120,
+        )
     else:
         response = _classify(served, bodies.get(case) or {"input": [inputs[case]]})
 

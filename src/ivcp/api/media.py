@@ -6,6 +6,7 @@ link-local address only when it is listed as such), never following a redirect t
 time. A refusal says why without saying whether the file exists.
 """
 
+import asyncio
 import base64
 import binascii
 import ipaddress
@@ -55,7 +56,10 @@ class MediaPolicy:
             )
 
         root = os.path.realpath(self.allowed_local_media_path)
-        path = os.path.realpath(os.path.join(root, location))  # an absolute location replaces root
+        try:
+            path = os.path.realpath(os.path.join(root, location))  # an absolute location replaces root
+        except ValueError as err:  # e.g. an embedded NUL byte
+            raise MediaError(f"not a valid path ({err}).") from err
         if os.path.commonpath([root, path]) != root:
             raise MediaError("the path is outside `allowed_local_media_path`.", 403)
 
@@ -89,7 +93,7 @@ class MediaPolicy:
 
         return self.write_temp(content, VIDEO_SUFFIXES.get(media_type.split("/", 1)[1], ".mp4"))
 
-    def check_host(self, url: str) -> None:
+    async def check_host(self, url: str) -> None:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         listed = {domain.lower().strip("[]") for domain in self.allowed_media_domains or []}
@@ -97,7 +101,8 @@ class MediaPolicy:
             raise MediaError(f"host {host!r} is not in `allowed_media_domains`.", 403)
 
         try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)}
+            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+            addresses = {info[4][0] for info in infos}
         except OSError as err:
             raise MediaError(f"host {host!r} cannot be resolved ({err}).") from err
 
@@ -111,7 +116,7 @@ class MediaPolicy:
         deadline = time.monotonic() + self.fetch_timeout
         origin = urlsplit(url)[:2]
         for _ in range(MAX_REDIRECTS + 1):
-            self.check_host(url)
+            await self.check_host(url)
             try:
                 async with client.stream("GET", url, timeout=max(deadline - time.monotonic(), 0.001)) as response:
                     if response.is_redirect:

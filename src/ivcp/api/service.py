@@ -76,15 +76,15 @@ class ClassifierService:
 
     def variant(self, video_fps: float | None, video_maxlen: int | None) -> ActionClassifier:
         r"""The classifier for these frame-sampling settings (requests with equal settings share batches)."""
-        classifier = self.classifier.with_video_settings(video_fps, video_maxlen)
-        key = classifier.video_settings
+        default_fps, default_maxlen = self.classifier.video_settings
+        key = (video_fps or default_fps, video_maxlen or default_maxlen)
         if key not in self.variants:
             if len(self.variants) >= MAX_SETTING_VARIANTS:
                 raise MediaError(
                     f"more than {MAX_SETTING_VARIANTS} different video_fps/video_maxlen settings in use: use the "
                     "defaults or one of the settings already in use."
                 )
-            self.variants[key] = classifier
+            self.variants[key] = self.classifier.with_video_settings(*key)
 
         return self.variants[key]
 
