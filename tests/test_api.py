@@ -256,6 +256,8 @@ def test_chat_form_and_frame_settings(served):
 def test_models_health_chat_route_and_auth(served):
     url, open_url = served["url"], served["open_url"]
     assert httpx.get(f"{url}/health").status_code == 200  # no key needed
+    page = httpx.get(f"{url}/health", headers={"Origin": "http://page.example"})  # CORS, as LLaMA-Factory's API
+    assert page.headers["access-control-allow-origin"] in ("*", "http://page.example")
     for method, route in [
         ("get", "/v1/models"),
         ("post", "/v1/classify"),

@@ -21,6 +21,7 @@ import torch
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.security.http import HTTPAuthorizationCredentials, HTTPBearer
 from llamafactory.extras import logging
@@ -179,6 +180,9 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
     app = FastAPI(lifespan=lifespan, root_path=os.getenv("FASTAPI_ROOT_PATH", ""))
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_bytes=int(settings.api_max_body_mb * 2**20))
+    app.add_middleware(  # as LLaMA-Factory's API: web pages may call it (the key still guards every route)
+        CORSMiddleware, allow_origins=["*"], allow_credentials=True, allow_methods=["*"], allow_headers=["*"]
+    )
     api_key = os.getenv("API_KEY")
     security = HTTPBearer(auto_error=False)
 
