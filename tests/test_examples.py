@@ -6,14 +6,19 @@ import os
 
 import pytest
 import yaml
-from llamafactory.hparams.parser import _parse_train_args
+from llamafactory.hparams.parser import _parse_infer_args, _parse_train_args
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "examples", "*", "*.yaml")))
 
 
-@pytest.mark.parametrize("path", [p for p in EXAMPLES if "accelerate" not in p], ids=os.path.basename)
+INFERENCE = [path for path in EXAMPLES if os.path.basename(os.path.dirname(path)) == "inference"]
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in EXAMPLES if "accelerate" not in p and p not in INFERENCE], ids=os.path.basename
+)
 def test_example_yaml_parses(path):
     with open(path, encoding="utf-8") as f:
         config = yaml.safe_load(f)
@@ -26,6 +31,15 @@ def test_example_yaml_parses(path):
     with open(os.path.join(REPO, data_args.dataset_dir, "dataset_info.json"), encoding="utf-8") as f:
         info = json.load(f)
     assert all(name in info for name in data_args.dataset + (data_args.eval_dataset or []))
+
+
+@pytest.mark.parametrize("path", INFERENCE, ids=os.path.basename)
+def test_inference_yaml_parses(path):
+    with open(path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+
+    _, _, finetuning_args, _ = _parse_infer_args(config)
+    assert finetuning_args.stage == "action_cls" and finetuning_args.allowed_local_media_path == "data"
 
 
 def test_accelerate_fsdp_config_keeps_full_state_dict():

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
+from ivcp.data.context import ActionDataError, media_error
 from ivcp.inference import ActionClassifier
 from ivcp.model.action_model import last_token_positions
 
-from .conftest import base_config, run_cli, run_command
+from .conftest import base_config, run_cli, run_command, write_broken_videos
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,11 @@ def test_missing_head_is_explained(tiny_model):
         ActionClassifier.from_pretrained(tiny_model)
 
 
-def test_classify_command_writes_jsonl(tiny_model, trained, tmp_path):
+def test_classify_command_writes_jsonl(tiny_model, trained, motion_data, tmp_path):
     output_dir, records = trained
+    broken = write_broken_videos(motion_data, tmp_path / "broken")
     videos = [record["videos"][0] for record in records[:3]]
+    videos.insert(2, str(broken["not-a-video"]))  # one bad file: reported, the others still classified
     (tmp_path / "videos.txt").write_text("\n".join(videos[1:]) + "\n")
     result = run_command(
         tmp_path,
@@ -89,10 +92,16 @@ def test_classify_command_writes_jsonl(tiny_model, trained, tmp_path):
         "out.jsonl",
         "--top_k",
         "3",
+        "--batch_size",
+        "2",
+        check=False,
     )
     assert "Classifying" in result.stderr  # the progress bar
+    assert result.returncode == 1 and "3 of 4 videos classified, 1 failed." in result.stderr
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [line["video"] for line in lines] == videos
+    assert "not-a-video.mp4" in lines[2]["error"] and lines[2]["error_kind"] == "video unreadable"
+    del lines[2]
     assert [line["predicted"] for line in lines] == [record["predicted"] for record in records[:3]]
     assert all(len(line["top_k"]) == 3 for line in lines)
 
@@ -123,3 +132,31 @@ def test_export_is_self_contained(tiny_model, trained, tmp_path):
     videos = [record["videos"][0] for record in records]
     original = ActionClassifier.from_pretrained(tiny_model, adapter=str(output_dir))
     torch.testing.assert_close(exported.predict_logits(videos), original.predict_logits(videos), rtol=1e-4, atol=1e-5)
+
+
+def test_one_bad_file_costs_only_its_own_result(tiny_model, trained, motion_data, tmp_path):
+    output_dir, records = trained
+    broken = write_broken_videos(motion_data, tmp_path / "broken")
+    good = [record["videos"][0] for record in records[:3]]
+    videos = [good[0], *map(str, broken.values()), good[1], str(tmp_path / "missing.mp4"), good[2]]
+    classifier = ActionClassifier.from_pretrained(tiny_model, adapter=str(output_dir))
+    results = classifier.predict(videos, top_k=2, batch_size=4)  # bad files in both batches
+    assert [result["video"] for result in results] == videos
+    classified = [result for result in results if "error" not in result]
+    for result, expected in zip(classified, classifier.predict(good, top_k=2), strict=True):
+        assert result["video"] == expected["video"] and result["predicted"] == expected["predicted"]
+        assert result["top_k"][0]["probability"] == pytest.approx(expected["top_k"][0]["probability"], abs=1e-5)
+    failed = {result["video"]: result for result in results if "error" in result}
+    assert set(failed) == {*map(str, broken.values()), str(tmp_path / "missing.mp4")}
+    for video, result in failed.items():
+        assert video in result["error"]
+        assert result["error_kind"] == ("video missing" if "missing" in video else "video unreadable"), result
+    assert "no video stream" in failed[str(broken["audio-only"])]["error"]  # a cause, not an empty message
+    with pytest.raises(ActionDataError, match="empty.mp4"):
+        classifier.predict_logits([good[0], str(broken["empty"])])
+
+
+def test_a_processing_failure_keeps_its_kind():
+    err = media_error(RuntimeError("bad config"), "video a.mp4", "a.mp4")
+    assert err.kind == "processing failed" and "RuntimeError: bad config" in str(err)
+    assert media_error(FileNotFoundError(2, "No such file"), "video a.mp4", "a.mp4").kind == "video unreadable"

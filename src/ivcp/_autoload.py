@@ -2,8 +2,9 @@
 
 It must stay cheap and harmless: it never imports torch or LLaMA-Factory, never raises, and does nothing
 when ``IVCP_DISABLE=1``. It puts a finder first on ``sys.meta_path`` that
-- runs ``ivcp.register()`` right after ``llamafactory.train.tuner`` has been executed (this happens in every
-  process, including the children that ``llamafactory-cli`` starts under torchrun), and
+- runs ``ivcp.register()`` right after ``llamafactory.train.tuner`` (``train``, ``export``) or
+  ``llamafactory.api.app`` (``api``) has been executed (this happens in every process, including the children that
+  ``llamafactory-cli`` starts under torchrun), and
 - resolves the documented aliases ``llamafactory.model.action_decoder`` & co. to IVCP's modules.
 """
 
@@ -15,7 +16,7 @@ import sys
 
 
 DISABLE_ENV = "IVCP_DISABLE"
-TRIGGER_MODULE = "llamafactory.train.tuner"
+TRIGGER_MODULES = ("llamafactory.train.tuner", "llamafactory.api.app")  # `train`/`export`, and `api`
 MODULE_ALIASES = {
     "llamafactory.model.action_decoder": "ivcp.model.action_decoder",
     "llamafactory.train.action_cls": "ivcp.train.action_cls",
@@ -62,7 +63,7 @@ class IvcpFinder(importlib.abc.MetaPathFinder):
         if fullname in MODULE_ALIASES:
             return importlib.util.spec_from_loader(fullname, _AliasLoader(MODULE_ALIASES[fullname]))
 
-        if fullname != TRIGGER_MODULE:
+        if fullname not in TRIGGER_MODULES:
             return None
 
         for finder in sys.meta_path:
@@ -84,7 +85,7 @@ def install() -> None:
         return
 
     sys.meta_path.insert(0, IvcpFinder())
-    if TRIGGER_MODULE in sys.modules:
+    if any(module in sys.modules for module in TRIGGER_MODULES):
         _register_quietly()
 
 

@@ -25,7 +25,7 @@ import yaml
 from . import DEFAULT_PROMPT
 
 
-def _classify(args: argparse.Namespace) -> None:
+def _classify(args: argparse.Namespace) -> int:
     from .inference import ActionClassifier
 
     videos = list(args.videos)
@@ -37,12 +37,22 @@ def _classify(args: argparse.Namespace) -> None:
 
     overrides = _parse_settings(args.set)
     classifier = ActionClassifier.from_pretrained(args.model, adapter=args.adapter, **overrides)
-    results = classifier.predict(
+    results = classifier.iter_predict(
         videos, top_k=args.top_k, prompt=args.prompt, batch_size=args.batch_size, progress=True
     )
+    failed = 0
     with open(args.output, "w", encoding="utf-8") if args.output else sys.stdout as f:
-        for result in results:
+        for result in results:  # each line is on disk once written: a crash or Ctrl-C loses nothing before it
             f.write(json.dumps(result, ensure_ascii=False) + "\n")
+            f.flush()
+            if "error" in result:
+                failed += 1
+                print(f"ivcp classify: {result['error']}", file=sys.stderr)
+
+    print(
+        f"ivcp classify: {len(videos) - failed} of {len(videos)} videos classified, {failed} failed.", file=sys.stderr
+    )
+    return 1 if failed else 0
 
 
 CHECK_FLAGS = {  # flag -> LLaMA-Factory argument
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     _add_check_data(commands)
     args = parser.parse_args(argv)
     if args.command == "classify":
-        _classify(args)
+        sys.exit(_classify(args))
     elif args.command == "check-data":
         sys.exit(_check_data(args))
 

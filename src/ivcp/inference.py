@@ -5,14 +5,20 @@ mm_plugin's video processing, the ``<ACTION>`` cut, the collator and the wrapper
 settings saved in the head's config, so what is served is what was trained.
 """
 
+import copy
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
+from llamafactory.extras import logging
 from llamafactory.hparams import get_infer_args
 from tqdm import tqdm
 
 from . import ACTION_STAGE, DEFAULT_PROMPT, register
 from .data import ActionDataCollator, ActionDatasetProcessor
+from .data.context import ActionDataError, media_error
+from .data.videos import check_video
 from .model import load_action_model, load_action_tokenizer
 from .model.action_decoder import load_head_config
 from .model.loader import find_head_directory
@@ -21,6 +27,9 @@ from .train.action_cls.metric import class_names, rank_classes
 
 if TYPE_CHECKING:
     from .model import ActionClassificationModel
+
+
+logger = logging.get_logger(__name__)
 
 
 class ActionClassifier:
@@ -77,7 +86,28 @@ class ActionClassifier:
             **tokenizer_module,
         )
         collator = ActionDataCollator(template=template, model=model.backbone, **tokenizer_module)
-        return cls(model, encoder, collator)
+        classifier = cls(model, encoder, collator)
+        classifier.finetuning_args = finetuning_args  # the serving settings live there (``llamafactory-cli api``)
+        return classifier
+
+    @property
+    def video_settings(self) -> tuple[float, int]:
+        r"""(video_fps, video_maxlen) the videos are sampled with: the training run's unless overridden."""
+        return self.encoder.processor.video_fps, self.encoder.processor.video_maxlen
+
+    def with_video_settings(self, video_fps: float | None, video_maxlen: int | None) -> "ActionClassifier":
+        r"""The same model with other frame sampling; the plugin reads it from the processor, so that is copied."""
+        settings = (video_fps or self.video_settings[0], video_maxlen or self.video_settings[1])
+        if settings == self.video_settings:
+            return self
+
+        processor = copy.copy(self.encoder.processor)
+        processor.video_fps, processor.video_maxlen = settings
+        return ActionClassifier(
+            self.model,
+            replace(self.encoder, processor=processor),
+            replace(self.collator, processor=processor),
+        )
 
     def _encode(self, video: str, prompt: str) -> dict[str, Any]:
         example = {
@@ -100,21 +130,113 @@ class ActionClassifier:
             "audios": None,
         }
 
+    def encode(self, video: str, prompt: str = DEFAULT_PROMPT) -> dict[str, Any]:
+        r"""The features of one video (its tokens, counted from the file), or an ActionDataError naming it."""
+        try:
+            return self._encode(video, prompt)
+        except Exception as err:  # whatever the reader or plugin raises, keep its kind
+            raise media_error(err, f"video {video}", video) from err
+
+    def collate(self, features: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[ActionDataError | None]]:
+        r"""Batch encoded videos (this decodes them); a video that fails alone is left out with its error.
+
+        The whole batch is tried first; only when it fails is each video collated alone to find the culprits, so a
+        bad file costs its neighbours one retry, never their results.
+        """
+        try:
+            return self.collator([dict(feature) for feature in features]), [None] * len(features)
+        except Exception as err:  # noqa: BLE001
+            logger.info(f"A batch of {len(features)} videos failed ({err}): collating them one by one.")
+
+        errors: list[ActionDataError | None] = []
+        for feature in features:
+            try:
+                self.collator([dict(feature)])
+                errors.append(None)
+            except Exception as err:  # noqa: BLE001
+                errors.append(self._collate_error(err, feature["videos"][0]))
+
+        good = [feature for feature, error in zip(features, errors) if error is None]
+        return (self.collator([dict(feature) for feature in good]) if good else None), errors
+
+    def _collate_error(self, err: Exception, video: str) -> ActionDataError:
+        r"""Blame the file only when a full decode of it fails too; otherwise the plugin or processor failed."""
+        where = f"video {video}"
+        try:
+            check_video(video, where, self.encoder.data_args.media_dir, decode=True)
+        except ActionDataError as file_error:
+            return file_error
+
+        return media_error(err, where, video)
+
     @torch.inference_mode()
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        r"""Class logits of a collated batch, on the CPU."""
+        device = next(self.model.action_decoder.parameters()).device
+        batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+        return self.model(**batch).logits.float().cpu()
+
+    def classify_batch(self, videos: list[str], prompt: str = DEFAULT_PROMPT) -> list[torch.Tensor | ActionDataError]:
+        r"""Per video, its row of logits or the error that stopped it (the others are still classified)."""
+        outcomes: list[torch.Tensor | ActionDataError | None] = [None] * len(videos)
+        features, positions = [], []
+        for i, video in enumerate(videos):
+            try:
+                features.append(self.encode(video, prompt))
+                positions.append(i)
+            except ActionDataError as err:
+                outcomes[i] = err
+
+        batch, errors = self.collate(features) if features else (None, [])
+        good = [i for i, error in zip(positions, errors) if error is None]
+        for i, error in zip(positions, errors):
+            outcomes[i] = error
+
+        if batch is not None:
+            for i, row in zip(good, self.forward(batch)):
+                outcomes[i] = row
+
+        return outcomes
+
+    def _batches(
+        self, videos: list[str], prompt: str, batch_size: int, progress: bool
+    ) -> Iterator[list[torch.Tensor | ActionDataError]]:
+        for start in tqdm(range(0, len(videos), batch_size), disable=not progress, desc="Classifying", unit="batch"):
+            yield self.classify_batch(videos[start : start + batch_size], prompt)
+
     def predict_logits(
         self, videos: list[str], prompt: str = DEFAULT_PROMPT, batch_size: int = 8, progress: bool = False
-    ):
-        r"""Class logits of each video, shape [len(videos), num_classes]."""
-        device = next(self.model.action_decoder.parameters()).device
-        outputs = []
-        for start in tqdm(range(0, len(videos), batch_size), disable=not progress, desc="Classifying", unit="batch"):
-            batch = self.collator([self._encode(video, prompt) for video in videos[start : start + batch_size]])
-            batch = {
-                key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()
-            }
-            outputs.append(self.model(**batch).logits.float().cpu())
+    ) -> torch.Tensor:
+        r"""Class logits of each video, shape [len(videos), num_classes]; raises the first video's error."""
+        rows = [outcome for outcomes in self._batches(videos, prompt, batch_size, progress) for outcome in outcomes]
+        for row in rows:
+            if isinstance(row, ActionDataError):
+                raise row
 
-        return torch.cat(outputs)
+        return torch.stack(rows)
+
+    def result(self, video: str, outcome: torch.Tensor | ActionDataError, top_k: int) -> dict[str, Any]:
+        r"""The JSON-ready result of one video: its top-k classes, or ``error`` (naming the file) and its kind."""
+        if isinstance(outcome, ActionDataError):
+            return {"video": video, "error": str(outcome), "error_kind": outcome.kind}
+
+        top = rank_classes(outcome[None], top_k, self.names)[0]
+        return {"video": video, "predicted": top[0]["class"], "name": top[0]["name"], "top_k": top}
+
+    def iter_predict(
+        self,
+        videos: list[str],
+        top_k: int = 5,
+        prompt: str = DEFAULT_PROMPT,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        r"""The results of :meth:`predict`, in order, each as soon as its batch is done."""
+        for start, outcomes in zip(
+            range(0, len(videos), batch_size), self._batches(videos, prompt, batch_size, progress)
+        ):
+            for video, outcome in zip(videos[start : start + batch_size], outcomes):
+                yield self.result(video, outcome, top_k)
 
     def predict(
         self,
@@ -124,13 +246,11 @@ class ActionClassifier:
         batch_size: int = 8,
         progress: bool = False,
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        r"""Top-k classes with probabilities (and names when known) for one video or a list of videos."""
-        single = isinstance(videos, str)
-        video_list = [videos] if single else list(videos)
-        ranked = rank_classes(self.predict_logits(video_list, prompt, batch_size, progress), top_k, self.names)
-        results = [
-            {"video": video, "predicted": top[0]["class"], "name": top[0]["name"], "top_k": top}
-            for video, top in zip(video_list, ranked)
-        ]
+        r"""Top-k classes with probabilities (and names when known) for one video or a list of videos.
 
+        A video that cannot be read or processed gets ``{"video", "error", "error_kind"}`` instead; the others are
+        classified.
+        """
+        single = isinstance(videos, str)
+        results = list(self.iter_predict([videos] if single else list(videos), top_k, prompt, batch_size, progress))
         return results[0] if single else results

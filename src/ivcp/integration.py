@@ -39,9 +39,11 @@ REQUIRED_NAMES = {
     "llamafactory.train.callbacks": ["LogCallback", "ReporterCallback", "SaveProcessorCallback"],
     "llamafactory.train.trainer_utils": ["create_custom_optimizer", "create_custom_scheduler"],
     "llamafactory.data.mm_plugin": ["MMPluginMixin", "LlavaNextVideoPlugin", "VideoLlavaPlugin"],
+    "llamafactory.api.app": ["run_api"],
 }
 
 _registered = False
+_registering = False  # register() imports trigger modules, whose import calls register() again
 
 
 def self_check() -> None:
@@ -182,6 +184,25 @@ def _export_model_wrapper(original: Callable) -> Callable:
     return export_model
 
 
+def _run_api_wrapper(original: Callable) -> Callable:
+    r"""``llamafactory-cli api`` serves an action classifier with IVCP's app; ChatModel cannot load one."""
+
+    def run_api() -> None:
+        from llamafactory.hparams import parser
+
+        from .train.export import action_export_args
+
+        action_args = action_export_args(parser.read_args())
+        if action_args is None:
+            return original()
+
+        from .api.app import run_action_api
+
+        run_action_api(action_args)
+
+    return run_api
+
+
 def _align_dataset_wrapper(original: Callable) -> Callable:
     def align_dataset(dataset, dataset_attr, data_args, training_args):
         from .data.context import active_action_data
@@ -294,11 +315,22 @@ def _install_aliases() -> None:
 
 def register() -> None:
     r"""Hook ``stage: action_cls`` into LLaMA-Factory. Safe to call any number of times."""
-    global _registered
-    if _registered:
+    global _registering
+    if _registered or _registering:
         return
 
+    _registering = True
+    try:
+        _register()
+    finally:
+        _registering = False
+
+
+def _register() -> None:
+    global _registered
+
     self_check()
+    from llamafactory.api import app as api_app
     from llamafactory.data import loader
     from llamafactory.data.parser import DatasetAttr
     from llamafactory.hparams import parser
@@ -309,6 +341,7 @@ def register() -> None:
     _patch(tuner, "read_args", _read_args_wrapper)
     _patch(tuner, "_training_function", _training_function_wrapper)
     _patch(tuner, "export_model", _export_model_wrapper)
+    _patch(api_app, "run_api", _run_api_wrapper)
     _patch(loader, "align_dataset", _align_dataset_wrapper)
     _patch(loader, "_get_dataset_processor", _get_dataset_processor_wrapper)
     _patch(DatasetAttr, "join", _dataset_attr_join_wrapper)

@@ -67,3 +67,27 @@ class MediaSupportError(ActionDataError):
 
 def describe_example(source: str, index: int) -> str:
     return f"example {index} of {source}"
+
+
+def media_error(err: Exception, where: str, media: list[str] | str) -> ActionDataError:
+    r"""``err``, raised while reading or processing ``media``, as an error that names them and keeps its kind.
+
+    A file PyAV/PIL cannot open is "video unreadable"; anything else (a plugin or processor failure) is
+    "processing failed", with the exception's type, so a bug is never passed off as a bad file. Exceptions whose
+    text is empty (``StopIteration`` from a file without a video stream) still get a cause.
+    """
+    if isinstance(err, ActionDataError):
+        return err
+
+    import av
+
+    if isinstance(err, StopIteration):
+        return ActionDataError(f"{where} has {media}, which holds no video stream.", kind="video unreadable")
+
+    cause = str(err) or type(err).__name__
+    if isinstance(err, (av.FFmpegError, OSError)):
+        return ActionDataError(f"{where} has {media}, which cannot be read ({cause}).", kind="video unreadable")
+
+    return ActionDataError(
+        f"{where} could not be processed (media: {media}): {type(err).__name__}: {cause}", kind="processing failed"
+    )

@@ -14,7 +14,7 @@ from llamafactory.data.processor.processor_utils import DatasetProcessor
 
 from .. import DEFAULT_PROMPT
 from ..model.action_decoder import ACTION_TOKEN
-from .context import ActionDataError, MediaSupportError, describe_example
+from .context import ActionDataError, MediaSupportError, describe_example, media_error
 from .converter import INDEX_FIELD, LABEL_FIELD, SOURCE_FIELD
 from .videos import check_video
 
@@ -123,10 +123,8 @@ class ActionDatasetProcessor(DatasetProcessor):
             input_ids, _ = self.template.mm_plugin.process_token_ids(
                 [], [], images, videos, audios, self.tokenizer, self.processor
             )
-        except Exception as err:  # PyAV / PIL / plugin errors: say which example and which files
-            raise ActionDataError(
-                f"{where} could not be processed (videos: {videos}, images: {images}): {err}", kind="video unreadable"
-            ) from err
+        except Exception as err:  # PyAV / PIL / plugin errors: say which example and which files, keep the kind
+            raise media_error(err, where, videos + images) from err
 
         prompt_ids, _ = self.template.encode_oneturn(self.tokenizer, messages, example["_system"], example["_tools"])
         input_ids = input_ids + prompt_ids

@@ -5,12 +5,14 @@ from typing import Literal
 
 from llamafactory.hparams import FinetuningArguments
 
+from .serving_args import ActionServingArguments
+
 
 ACTION_DECODER_TYPES = ("linear", "mlp")
 
 
 @dataclass
-class ActionFinetuningArguments(FinetuningArguments):
+class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
     stage: Literal["pt", "sft", "rm", "ppo", "dpo", "kto", "action_cls"] = field(
         default="sft",
         metadata={"help": "Which stage will be performed in training."},
@@ -45,6 +47,7 @@ class ActionFinetuningArguments(FinetuningArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        ActionServingArguments.__post_init__(self)
         # YAML goes through HfArgumentParser.parse_dict, which checks no Literal: validate here.
         if self.stage != "action_cls":
             return

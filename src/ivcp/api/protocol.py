@@ -1,0 +1,72 @@
+"""Request and response bodies of the classification API, shaped like vLLM's ``/classify``.
+
+The chat form reuses LLaMA-Factory's ``ChatMessage`` (whose content items accept ``video_url``); the batch form's
+``input`` is a list of videos, each a URL string or the same ``{"type": "video_url", ...}`` item.
+"""
+
+from typing import Any, Literal
+
+from llamafactory.api.protocol import ChatMessage, MultimodalInputItem
+from pydantic import BaseModel, Field
+
+
+class ClassificationRequest(BaseModel):
+    model: str | None = None
+    input: list[str | MultimodalInputItem] | str | MultimodalInputItem | None = None
+    messages: list[ChatMessage] | None = None
+    top_k: int = Field(default=5, ge=1)
+    video_fps: float | None = Field(default=None, gt=0)
+    video_maxlen: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+class ClassProbability(BaseModel):
+    label: str
+    probability: float
+    class_id: int = Field(alias="class")
+
+    model_config = {"populate_by_name": True}
+
+
+class ClassificationData(BaseModel):
+    index: int
+    object: Literal["classify"] = "classify"
+    label: str | None = None
+    probs: list[float] | None = None
+    num_classes: int
+    top_k: list[ClassProbability] | None = None
+    error: dict[str, Any] | None = None
+
+
+class ClassificationUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int = 0
+
+
+class ClassificationResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ClassificationData]
+    usage: ClassificationUsage
+
+
+def error_body(message: str, status: int, inputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    r"""The error shape of vLLM (``object: error``), with the per-input errors of a batch when there are several."""
+    body = {"object": "error", "message": message, "type": _ERROR_TYPES.get(status, "BadRequestError"), "code": status}
+    if inputs:
+        body["errors"] = inputs
+    return body
+
+
+_ERROR_TYPES = {
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    408: "TimeoutError",
+    413: "RequestTooLargeError",
+    415: "UnsupportedMediaTypeError",
+    422: "UnprocessableEntityError",
+}
