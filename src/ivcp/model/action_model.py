@@ -15,6 +15,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder
+from .multi_label import MULTI_LABEL, SINGLE_LABEL, multi_label_loss
 
 
 BACKBONE_PREFIX = "backbone."
@@ -45,12 +46,17 @@ class ActionClassificationModel(nn.Module):
         action_token_id: int,
         action_embedding: torch.Tensor,
         label_names: list[str] | None = None,
+        problem_type: str = SINGLE_LABEL,
+        threshold: float = 0.5,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.action_decoder = action_decoder
         self.action_token_id = action_token_id
         self.label_names = label_names
+        self.problem_type = problem_type
+        self.threshold = threshold  # multi-label decoding, saved with the head
+        self.pos_weight: torch.Tensor | None = None  # multi-label positive-class weights (one per class)
         self.preprocessing: dict[str, Any] = {}  # the data settings inference must reuse (saved with the head)
         # its own parameter, so it can have its own learning rate and is saved with the head
         self.action_embedding = nn.Parameter(action_embedding.detach().clone().float())
@@ -101,7 +107,9 @@ class ActionClassificationModel(nn.Module):
         pooled = hidden_states[torch.arange(hidden_states.size(0), device=hidden_states.device), positions]
         logits = self.action_decoder(pooled)
         loss = None
-        if action_labels is not None:
+        if action_labels is not None and self.problem_type == MULTI_LABEL:  # multi-hot [batch, classes]
+            loss = multi_label_loss(logits, action_labels, self.pos_weight)
+        elif action_labels is not None:
             loss = F.cross_entropy(logits.float(), action_labels.to(logits.device))
 
         return ActionClassifierOutput(loss=loss, logits=logits)
@@ -111,6 +119,8 @@ class ActionClassificationModel(nn.Module):
             "action_token": ACTION_TOKEN,
             "action_token_id": self.action_token_id,
             "label_names": self.label_names,
+            "problem_type": self.problem_type,
+            "threshold": self.threshold,
             "preprocessing": self.preprocessing,
         }
 
