@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import DEFAULT_PROMPT
 from ..datasets.writer import register_datasets, sft_example, write_examples, write_label_names
 from .motion_videos import write_clip
 
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     from numpy.random import Generator
 
 
+PROMPT = "<video>Which coloured objects does the video show?<ACTION>"
 COLOURS = {"red": (230, 40, 40), "green": (40, 210, 60), "blue": (50, 80, 240), "yellow": (235, 225, 50)}
 
 
@@ -52,15 +52,17 @@ def make_object_dataset(
     num_train: int,
     num_test: int,
     seed: int = 0,
-    prompt: str = DEFAULT_PROMPT,
+    prompt: str = PROMPT,
     name: str = "objects",
+    video_dir: str | None = None,
     num_frames: int = 8,
     size: int = 64,
 ) -> dict[str, str]:
     r"""Write ``{name}_train`` / ``{name}_test`` (clips, sharegpt files, label names) and register them.
 
     Every clip holds one object (even index) or two (odd index) of distinct colours, chosen at random. Video paths
-    are relative to ``out_dir`` (use it as both ``dataset_dir`` and ``media_dir``).
+    are relative to ``out_dir`` (use it as both ``dataset_dir`` and ``media_dir``); the clips go to ``video_dir``
+    (default ``{name}_videos``).
 
     Returns:
         The data set names mapped to their JSON files.
@@ -74,7 +76,7 @@ def make_object_dataset(
         examples = []
         for index in range(count):
             colours = [names[c] for c in sorted(rng.choice(len(names), size=1 + index % 2, replace=False))]
-            video = f"{name}_videos/{split}_{index:05d}.mp4"
+            video = f"{video_dir or name + '_videos'}/{split}_{index:05d}.mp4"
             write_clip(os.path.join(out_dir, video), _render_objects(colours, rng, num_frames, size))
             example = sft_example(video, prompt, " and ".join(colours))
             examples.append({**example, "action_label": colours})
