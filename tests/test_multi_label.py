@@ -10,7 +10,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from ivcp.cli import main
 from ivcp.data import ActionDataError
-from ivcp.demo.object_videos import COLOURS, make_object_dataset
+from ivcp.demo.object_videos import COLOURS, PROMPT, make_object_dataset
 from ivcp.inference import ActionClassifier
 from ivcp.model.action_decoder import load_head_config
 from ivcp.model.multi_label import balanced_pos_weight, decode_multi_label, multi_hot, multi_label_loss
@@ -195,15 +195,21 @@ def test_classifier_equals_the_trainer_and_keeps_the_heads_rule(tiny_model, obje
     records = [json.loads(line) for line in (output_dir / "predictions.jsonl").read_text().splitlines()]
     videos = [record["videos"][0] for record in records]
     classifier = ActionClassifier.from_pretrained(str(output_dir))  # full fine-tuning: the folder is the model
-    results = classifier.predict(videos, batch_size=5)
+    results = classifier.predict(videos, prompt=PROMPT, batch_size=5)  # the data's prompt, other batching
     for result, record in zip(results, records):
         assert result["predicted"] == record["predicted"] and result["names"] == record["predicted_names"]
         for ours, theirs in zip(result["classes"], record["classes"]):
             assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
 
-    main(["classify", videos[1], "--model", str(output_dir), "--output", str(tmp_path / "preds.jsonl")])
-    line = json.loads((tmp_path / "preds.jsonl").read_text())
+    main(
+        ["classify", videos[1], "--model", str(output_dir), "--prompt", PROMPT, "--output", str(tmp_path / "p.jsonl")]
+    )
+    line = json.loads((tmp_path / "p.jsonl").read_text())
     assert line["predicted"] == records[1]["predicted"] and "top_k" not in line
+
+    strict = ActionClassifier.from_pretrained(str(output_dir), action_threshold=0.9).predict(videos[:8], prompt=PROMPT)
+    for result, record in zip(strict, records):
+        assert result["predicted"] == [entry["class"] for entry in record["classes"] if entry["probability"] >= 0.9]
 
     with pytest.raises(ValueError, match="problem_type=multi_label, but this run has single_label"):
         ActionClassifier.from_pretrained(str(output_dir), action_problem_type="single_label")
