@@ -62,20 +62,28 @@ def test_shipped_demo_data_is_the_scripts_output(tmp_path):
     subprocess.run([sys.executable, script, "--out_dir", str(tmp_path)], check=True, capture_output=True)
 
     written = read_json(tmp_path / "dataset_info.json")
-    assert set(written) == {"action_demo_train", "action_demo_test", "mllm_video_demo"}
+    assert set(written) == {
+        "action_demo_train",
+        "action_demo_test",
+        "mllm_video_demo",
+        "objects_demo_train",
+        "objects_demo_test",
+    }
     shipped_info = read_json(os.path.join(DATA, "dataset_info.json"))
     for name, entry in written.items():
         assert shipped_info[name] == entry
         assert filecmp.cmp(tmp_path / entry["file_name"], os.path.join(DATA, entry["file_name"]), shallow=False)
 
-    clips = sorted(os.listdir(tmp_path / "action_demo"))
-    assert clips == sorted(os.listdir(os.path.join(DATA, "action_demo")))
-    different = [
-        clip
-        for clip in clips
-        if not same_clip(_decode(tmp_path / "action_demo" / clip), _decode(os.path.join(DATA, "action_demo", clip)))
-    ]
-    assert different == []
+    assert filecmp.cmp(tmp_path / "objects_demo_label_names.json", os.path.join(DATA, "objects_demo_label_names.json"))
+    for folder in ("action_demo", "objects_demo"):
+        clips = sorted(os.listdir(tmp_path / folder))
+        assert clips == sorted(os.listdir(os.path.join(DATA, folder)))
+        different = [
+            clip
+            for clip in clips
+            if not same_clip(_decode(tmp_path / folder / clip), _decode(os.path.join(DATA, folder, clip)))
+        ]
+        assert different == [], folder
 
 
 @pytest.mark.parametrize("preset", ["ultrafast", "veryslow"])

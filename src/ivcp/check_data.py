@@ -16,6 +16,7 @@ from .data.check import DataReport, check_action_data, load_aligned_datasets
 from .data.label_names import check_label_names
 from .hparams import ActionFinetuningArguments
 from .model import load_action_tokenizer
+from .model.multi_label import MULTI_LABEL
 from .train.action_cls.workflow import check_action_cls_args, find_label_names
 
 
@@ -41,7 +42,11 @@ def check_data(config: dict[str, Any], num_workers: int | None = None) -> DataRe
     check_label_names(names, finetuning_args.num_action_classes, origin)
 
     tokenizer_module, template = load_action_tokenizer(model_args, data_args)
-    data_config = ActionDataConfig(finetuning_args.num_action_classes, label_names=tuple(names) if names else None)
+    data_config = ActionDataConfig(
+        finetuning_args.num_action_classes,
+        label_names=tuple(names) if names else None,
+        multi_label=finetuning_args.action_problem_type == MULTI_LABEL,
+    )
     with tempfile.TemporaryDirectory() as output_dir:
         loader_args = Seq2SeqTrainingArguments(output_dir=output_dir, seed=config.get("seed", 42), report_to="none")
         datasets = load_aligned_datasets(model_args, data_args, loader_args, data_config, ACTION_STAGE)
@@ -51,6 +56,7 @@ def check_data(config: dict[str, Any], num_workers: int | None = None) -> DataRe
         data_args=data_args,
         num_classes=data_config.num_classes,
         label_names=data_config.label_names,
+        multi_label=data_config.multi_label,
         **tokenizer_module,
     )
     return check_action_data(datasets, processor, num_workers)

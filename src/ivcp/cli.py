@@ -65,6 +65,7 @@ CHECK_FLAGS = {  # flag -> LLaMA-Factory argument
     "cutoff_len": "cutoff_len",
     "num_action_classes": "num_action_classes",
     "action_label_names": "action_label_names",
+    "action_problem_type": "action_problem_type",
 }
 
 

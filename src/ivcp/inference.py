@@ -22,6 +22,7 @@ from .data.videos import check_video
 from .model import load_action_model, load_action_tokenizer
 from .model.action_decoder import load_head_config
 from .model.loader import find_head_directory
+from .model.multi_label import MULTI_LABEL, decode_multi_label
 from .train.action_cls.metric import class_names, rank_classes
 
 
@@ -69,6 +70,8 @@ class ActionClassifier:
             "num_action_classes": head_config["num_classes"],
             "action_decoder_type": head_config["decoder_type"],
             "action_decoder_hidden_size": head_config["decoder_hidden_size"],
+            "action_problem_type": head_config.get("problem_type"),  # the head's decoding rule, never the other
+            "action_threshold": head_config.get("threshold"),
             **head_config.get("preprocessing", {}),
             **kwargs,
         }
@@ -220,8 +223,7 @@ class ActionClassifier:
         if isinstance(outcome, ActionDataError):
             return {"video": video, "error": str(outcome), "error_kind": outcome.kind}
 
-        top = rank_classes(outcome[None], top_k, self.names)[0]
-        return {"video": video, "predicted": top[0]["class"], "name": top[0]["name"], "top_k": top}
+        return {"video": video, **self.decode(outcome[None], top_k)[0]}
 
     def iter_predict(
         self,
@@ -248,9 +250,28 @@ class ActionClassifier:
     ) -> dict[str, Any] | list[dict[str, Any]]:
         r"""Top-k classes with probabilities (and names when known) for one video or a list of videos.
 
+        A multi-label head returns every class at or above its threshold instead (``top_k`` is not used).
+
         A video that cannot be read or processed gets ``{"video", "error", "error_kind"}`` instead; the others are
         classified.
         """
         single = isinstance(videos, str)
         results = list(self.iter_predict([videos] if single else list(videos), top_k, prompt, batch_size, progress))
         return results[0] if single else results
+
+    def decode(self, logits: torch.Tensor, top_k: int = 5) -> list[dict[str, Any]]:
+        r"""The head's own rule: softmax top-k for single-label, sigmoid >= threshold for multi-label heads."""
+        if self.model.problem_type == MULTI_LABEL:
+            return [
+                {
+                    "predicted": [entry["class"] for entry in chosen],
+                    "names": [entry["name"] for entry in chosen],
+                    "classes": chosen,
+                }
+                for chosen in decode_multi_label(logits, self.model.threshold, self.names)
+            ]
+
+        return [
+            {"predicted": top[0]["class"], "name": top[0]["name"], "top_k": top}
+            for top in rank_classes(logits, top_k, self.names)
+        ]

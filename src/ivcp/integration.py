@@ -233,6 +233,7 @@ def _get_dataset_processor_wrapper(original: Callable) -> Callable:
             data_args=data_args,
             num_classes=config.num_classes,
             label_names=config.label_names,
+            multi_label=config.multi_label,
         )
 
     return _get_dataset_processor

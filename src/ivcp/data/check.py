@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..model.multi_label import multi_hot
 from .context import ActionDataConfig, ActionDataError, MediaSupportError, describe_example, loading_action_data
-from .converter import INDEX_FIELD, LABEL_FIELD, SOURCE_FIELD
-from .processor import ActionDatasetProcessor, parse_action_label
+from .converter import INDEX_FIELD, SOURCE_FIELD
+from .processor import ActionDatasetProcessor
 
 
 if TYPE_CHECKING:
@@ -32,15 +33,20 @@ class DataReport:
     num_classes: int
     cutoff_len: int
     label_names: list[str] | None = None
+    multi_label: bool = False
     examples: Counter = field(default_factory=Counter)  # dataset name -> examples
     labels: Counter = field(default_factory=Counter)  # class id -> examples with a valid label
+    labels_per_example: Counter = field(default_factory=Counter)  # multi-label: label count -> examples
     lengths: list[int] = field(default_factory=list)  # tokens up to <ACTION> of every example that encodes
     problems: list[dict[str, str]] = field(default_factory=list)  # {"dataset", "kind", "message"}
     bad_examples: int = 0
 
     def add(self, dataset_name: str, checked: "Dataset") -> None:
         self.examples[dataset_name] += len(checked)
-        self.labels.update(label for label in checked["label"] if label >= 0)
+        for target, valid in zip(checked["target"], checked["label_valid"]):
+            if valid:
+                self.labels.update(label for label, present in enumerate(target) if present)
+                self.labels_per_example[sum(target)] += 1
         self.lengths += [length for length in checked["length"] if length >= 0]
         for kinds, messages in zip(checked["problem_kinds"], checked["problems"]):
             self.bad_examples += bool(kinds)
@@ -63,6 +69,12 @@ class DataReport:
         if empty:
             more = " ..." if len(empty) > 20 else ""
             lines.append(f"  {len(empty)} classes have no example: {', '.join(empty[:20])}{more}")
+
+        if self.multi_label:
+            lines.append(
+                "Labels per example: "
+                + ", ".join(f"{count}: {n:,}" for count, n in sorted(self.labels_per_example.items()))
+            )
 
         if self.lengths:
             p50, p95 = np.percentile(self.lengths, [50, 95])
@@ -92,11 +104,22 @@ class DataReport:
 
 
 def _inspect(example: dict[str, Any], processor: ActionDatasetProcessor) -> dict[str, Any]:
-    r"""Label, token length and every problem of one aligned example (-1 where unknown)."""
+    r"""Multi-hot classes, token length and every problem of one aligned example (length -1 where unknown).
+
+    The classes are multi-hot (never an empty list) so that Arrow types the column the same in every batch.
+    """
     where = describe_example(example[SOURCE_FIELD], example[INDEX_FIELD])
-    result = {"label": -1, "length": -1, "problem_kinds": [], "problems": []}
+    result = {
+        "target": [0] * processor.num_classes,
+        "label_valid": False,
+        "length": -1,
+        "problem_kinds": [],
+        "problems": [],
+    }
     try:
-        result["label"] = parse_action_label(example[LABEL_FIELD], processor.num_classes, where, processor.label_names)
+        labels = processor.parse_label(example, where)
+        result["target"] = multi_hot(labels if processor.multi_label else [labels], processor.num_classes)
+        result["label_valid"] = True
     except ActionDataError as err:
         result["problem_kinds"].append(err.kind)
         result["problems"].append(str(err))
@@ -118,7 +141,9 @@ def check_action_data(
     datasets: dict[str, "Dataset"], processor: ActionDatasetProcessor, num_workers: int | None = None
 ) -> DataReport:
     r"""Inspect aligned ``datasets`` (name -> dataset) with a progress bar per dataset; never stops at a bad one."""
-    report = DataReport(processor.num_classes, processor.data_args.cutoff_len, processor.label_names)
+    report = DataReport(
+        processor.num_classes, processor.data_args.cutoff_len, processor.label_names, processor.multi_label
+    )
     for name, dataset in datasets.items():
         checked = dataset.map(
             partial(_inspect, processor=processor),

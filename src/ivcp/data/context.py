@@ -11,6 +11,7 @@ class ActionDataConfig:
     num_classes: int
     label_column: str = "action_label"
     label_names: tuple[str, ...] | None = None
+    multi_label: bool = False
 
 
 _ACTIVE_CONFIG: ContextVar[ActionDataConfig | None] = ContextVar("ivcp_action_data", default=None)
@@ -40,7 +41,9 @@ def loading_action_data(config: ActionDataConfig) -> Iterator[None]:
             cause = cause.__cause__ or cause.__context__
         raise ActionDataError(
             f"The dataset could not be read: {' <- '.join(causes) or err}. If `{config.label_column}` mixes class ids "
-            "and class names, use one kind in the whole file (all ids, or all names with `action_label_names`).",
+            "and class names, use one kind in the whole file (all ids, or all names with `action_label_names`); if "
+            "it mixes single classes and lists, use lists in the whole file for multi-label data "
+            "(`action_problem_type: multi_label`, e.g. [3] or []) or single classes for single-label data.",
             kind="bad label",
         ) from err
     finally:

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 from llamafactory.data import get_dataset
 
 from .. import ACTION_STAGE
+from ..model.multi_label import MULTI_LABEL
 from .context import ActionDataConfig, loading_action_data
 
 
@@ -29,7 +30,9 @@ def get_action_dataset(
 ) -> "DatasetModule":
     r"""Everything LLaMA-Factory's loader does (caching, splits, workers), with the action converter and processor."""
     config = ActionDataConfig(
-        num_classes=finetuning_args.num_action_classes, label_names=tuple(label_names) if label_names else None
+        num_classes=finetuning_args.num_action_classes,
+        label_names=tuple(label_names) if label_names else None,
+        multi_label=finetuning_args.action_problem_type == MULTI_LABEL,
     )
     with loading_action_data(config):
         return get_dataset(

@@ -14,6 +14,7 @@ from llamafactory.data.processor.processor_utils import DatasetProcessor
 
 from .. import DEFAULT_PROMPT
 from ..model.action_decoder import ACTION_TOKEN
+from ..model.multi_label import multi_hot
 from .context import ActionDataError, MediaSupportError, describe_example, media_error
 from .converter import INDEX_FIELD, LABEL_FIELD, SOURCE_FIELD
 from .videos import check_video
@@ -28,9 +29,8 @@ class LabelOutOfRangeError(ActionDataError):
         self.label = label
 
 
-def parse_action_label(raw: str, num_classes: int, where: str, label_names: tuple[str, ...] | None = None) -> int:
-    r"""Turn the stored JSON label (a class id, or a class name when names are known) into a class id."""
-    value = json.loads(raw)
+def _class_id(value: Any, num_classes: int, where: str, label_names: tuple[str, ...] | None) -> int:
+    r"""One class given as an id or, when names are known, a name -> its id (or an ActionDataError)."""
     if isinstance(value, str) and label_names:
         if value not in label_names:
             known = ", ".join(repr(name) for name in label_names[:10]) + (", ..." if len(label_names) > 10 else "")
@@ -43,11 +43,6 @@ def parse_action_label(raw: str, num_classes: int, where: str, label_names: tupl
 
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # Arrow stores every label of a file as float once one of them is a float
-
-    if value is None:
-        raise ActionDataError(
-            f"{where} has no `action_label`: add the class id (an integer in [0, {num_classes})).", kind="bad label"
-        )
 
     if isinstance(value, bool) or not isinstance(value, int):
         raise ActionDataError(
@@ -67,10 +62,61 @@ def parse_action_label(raw: str, num_classes: int, where: str, label_names: tupl
     return value
 
 
+def parse_action_label(raw: str, num_classes: int, where: str, label_names: tuple[str, ...] | None = None) -> int:
+    r"""Turn the stored JSON label (a class id, or a class name when names are known) into a class id."""
+    value = json.loads(raw)
+    if value is None:
+        raise ActionDataError(
+            f"{where} has no `action_label`: add the class id (an integer in [0, {num_classes})).", kind="bad label"
+        )
+
+    if isinstance(value, list):
+        raise ActionDataError(
+            f"{where} has `action_label` {value!r}, a list of classes (multi-label data), but this run is "
+            "single-label: set `action_problem_type: multi_label`, or give each example one class id.",
+            kind="bad label",
+        )
+
+    return _class_id(value, num_classes, where, label_names)
+
+
+def parse_action_labels(
+    raw: str, num_classes: int, where: str, label_names: tuple[str, ...] | None = None
+) -> list[int]:
+    r"""Multi-label: the stored JSON list of class ids or names (possibly empty) -> sorted class ids."""
+    value = json.loads(raw)
+    if value is None:
+        raise ActionDataError(
+            f"{where} has no `action_label`: add the list of its class ids (integers in [0, {num_classes})), or [] "
+            "when no class is present.",
+            kind="bad label",
+        )
+
+    if not isinstance(value, list):
+        raise ActionDataError(
+            f"{where} has `action_label` {value!r}, a single class, but this run is multi-label "
+            f"(`action_problem_type: multi_label`): write it as a list, e.g. [{json.dumps(value)}], or set "
+            "`action_problem_type: single_label`.",
+            kind="bad label",
+        )
+
+    classes = [_class_id(item, num_classes, where, label_names) for item in value]
+    if len(set(classes)) != len(classes):
+        repeated = sorted({c for c in classes if classes.count(c) > 1})
+        raise ActionDataError(
+            f"{where} has `action_label` {value!r}, which lists class(es) {repeated} more than once: list each "
+            "class once.",
+            kind="bad label",
+        )
+
+    return sorted(classes)
+
+
 @dataclass
 class ActionDatasetProcessor(DatasetProcessor):
     num_classes: int = 51
     label_names: tuple[str, ...] | None = None
+    multi_label: bool = False  # `action_label` is a list of classes; the model gets multi-hot targets
     decode_videos: bool = True  # inference leaves the one decode to the collator
 
     def _check_messages(self, messages: list[dict[str, str]], where: str) -> None:
@@ -149,10 +195,17 @@ class ActionDatasetProcessor(DatasetProcessor):
                 kind="longer than cutoff_len",
             )
 
-    def encode(self, example: dict[str, Any]) -> tuple[list[int], int]:
-        r"""The input ids (up to ``<ACTION>``) and class id of one aligned example, or an ActionDataError."""
+    def parse_label(self, example: dict[str, Any], where: str) -> int | list[int]:
+        r"""The class id, or (multi-label) the sorted list of class ids, of one aligned example."""
+        parse = parse_action_labels if self.multi_label else parse_action_label
+        return parse(example[LABEL_FIELD], self.num_classes, where, self.label_names)
+
+    def encode(self, example: dict[str, Any]) -> tuple[list[int], int | list[int]]:
+        r"""The input ids (up to ``<ACTION>``) and the model's target: a class id, or (multi-label) a multi-hot list."""
         where = describe_example(example[SOURCE_FIELD], example[INDEX_FIELD])
-        label = parse_action_label(example[LABEL_FIELD], self.num_classes, where, self.label_names)
+        label = self.parse_label(example, where)
+        if self.multi_label:
+            label = multi_hot(label, self.num_classes)
         input_ids = self.tokenize(example, where)
         self.check_length(input_ids, where)
         return input_ids, label

@@ -56,15 +56,20 @@ def write_motion_clip(
     path: str, direction: str, rng: "Generator", num_frames: int = 8, size: int = 64, fps: int = 8
 ) -> None:
     r"""Write an H.264 (yuv420p) mp4 of a random bright square moving steadily in ``direction``."""
-    import av
-
     if direction not in _STEPS:
         raise ValueError(f"Unknown direction {direction!r}: use one of {DIRECTIONS}.")
 
+    write_clip(path, _render_frames(direction, rng, num_frames, size), fps)
+
+
+def write_clip(path: str, frames: np.ndarray, fps: int = 8) -> None:
+    r"""Write ``frames`` (num_frames, size, size, 3), uint8 RGB, as an H.264 (yuv420p) mp4."""
+    import av
+
+    size = frames.shape[1]
     if size % 2 != 0:
         raise ValueError("yuv420p needs an even frame size.")
 
-    frames = _render_frames(direction, rng, num_frames, size)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with av.open(path, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)

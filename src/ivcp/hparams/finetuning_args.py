@@ -5,6 +5,7 @@ from typing import Literal
 
 from llamafactory.hparams import FinetuningArguments
 
+from ..model.multi_label import PROBLEM_TYPES
 from .serving_args import ActionServingArguments
 
 
@@ -44,6 +45,17 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
         default=0.1,
         metadata={"help": "The `<ACTION>` embedding is trained with learning_rate * action_token_lr_scale."},
     )
+    action_problem_type: str = field(
+        default="single_label",
+        metadata={
+            "help": "`single_label` (one class per example, softmax + cross-entropy) or `multi_label` (`action_label` "
+            "is a list of classes, possibly empty; sigmoid + binary cross-entropy)."
+        },
+    )
+    action_threshold: float = field(
+        default=0.5,
+        metadata={"help": "Multi-label: a class is predicted when its sigmoid probability is >= this threshold."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -65,3 +77,11 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
 
         if self.action_token_lr_scale < 0:
             raise ValueError(f"`action_token_lr_scale` must be >= 0, got {self.action_token_lr_scale}.")
+
+        if self.action_problem_type not in PROBLEM_TYPES:
+            raise ValueError(
+                f"`action_problem_type` must be one of {PROBLEM_TYPES}, got {self.action_problem_type!r}."
+            )
+
+        if not 0.0 < self.action_threshold < 1.0:
+            raise ValueError(f"`action_threshold` must be a probability in (0, 1), got {self.action_threshold}.")

@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput
 
 from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder
 from .backbone import final_hidden_states
+from .multi_label import MULTI_LABEL, SINGLE_LABEL, multi_label_loss
 
 
 BACKBONE_PREFIX = "backbone."
@@ -49,6 +50,8 @@ class ActionClassificationModel(nn.Module):
         action_embedding: torch.Tensor,
         label_names: list[str] | None = None,
         router_aux_loss_coef: float | None = None,
+        problem_type: str = SINGLE_LABEL,
+        threshold: float = 0.5,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -56,6 +59,9 @@ class ActionClassificationModel(nn.Module):
         self.action_token_id = action_token_id
         self.label_names = label_names
         self.router_aux_loss_coef = router_aux_loss_coef  # None: no router loss (dense model, or not asked for)
+        self.problem_type = problem_type
+        self.threshold = threshold  # multi-label decoding, saved with the head
+        self.pos_weight: torch.Tensor | None = None  # multi-label positive-class weights (one per class)
         self.preprocessing: dict[str, Any] = {}  # the data settings inference must reuse (saved with the head)
         # its own parameter, so it can have its own learning rate and is saved with the head
         self.action_embedding = nn.Parameter(action_embedding.detach().clone().float())
@@ -108,7 +114,10 @@ class ActionClassificationModel(nn.Module):
         logits = self.action_decoder(pooled)
         loss = None
         if action_labels is not None:
-            loss = F.cross_entropy(logits.float(), action_labels.to(logits.device))
+            if self.problem_type == MULTI_LABEL:  # multi-hot [batch, classes]
+                loss = multi_label_loss(logits, action_labels, self.pos_weight)
+            else:
+                loss = F.cross_entropy(logits.float(), action_labels.to(logits.device))
             if aux_loss is not None:
                 loss = loss + self.router_aux_loss_coef * aux_loss.to(loss.device)
 
@@ -119,6 +128,8 @@ class ActionClassificationModel(nn.Module):
             "action_token": ACTION_TOKEN,
             "action_token_id": self.action_token_id,
             "label_names": self.label_names,
+            "problem_type": self.problem_type,
+            "threshold": self.threshold,
             "preprocessing": self.preprocessing,
         }
 

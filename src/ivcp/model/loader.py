@@ -135,10 +135,12 @@ def load_action_model(
         action_embedding=_initial_action_embedding(backbone, num_real_tokens),
         label_names=label_names,
         router_aux_loss_coef=router_aux_loss_coef(backbone, model_args.moe_aux_loss_coef) if is_trainable else None,
+        problem_type=finetuning_args.action_problem_type,
+        threshold=finetuning_args.action_threshold,
     )
     model.preprocessing = (head_config or {}).get("preprocessing", {})
     if head_directory is not None:
-        _check_head_config(head_directory, head_config, decoder)
+        _check_head_config(head_directory, head_config, model)
         model.load_head(head_directory)
         logger.info_rank0(f"Loaded the action head from {head_directory}.")
 
@@ -149,16 +151,18 @@ def load_action_model(
     return model
 
 
-def _check_head_config(directory: str, config: dict | None, decoder: ActionDecoder) -> None:
+def _check_head_config(directory: str, config: dict | None, model: ActionClassificationModel) -> None:
     if config is None:
         return
 
+    wanted_values = {**model.action_decoder.get_config(), "problem_type": model.problem_type}
     for key, option in (
         ("num_classes", "num_action_classes"),
         ("hidden_size", None),
         ("decoder_type", "action_decoder_type"),
+        ("problem_type", "action_problem_type"),
     ):
-        saved, wanted = config.get(key), decoder.get_config()[key]
+        saved, wanted = config.get(key), wanted_values[key]
         if saved is not None and saved != wanted:
             fix = f"set `{option}: {saved}`" if option else "use a head trained on this model"
             raise ValueError(f"The action head in {directory} has {key}={saved}, but this run has {wanted}: {fix}.")

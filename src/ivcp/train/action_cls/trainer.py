@@ -15,7 +15,8 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from typing_extensions import override
 
 from ...model.action_decoder import HEAD_WEIGHTS_NAME
-from .metric import TOP_K, class_names, rank_classes, save_confusion_matrix
+from ...model.multi_label import MULTI_LABEL, decode_multi_label
+from .metric import TOP_K, class_names, rank_classes, save_average_precision, save_confusion_matrix
 
 
 if TYPE_CHECKING:
@@ -179,30 +180,66 @@ class ActionClsTrainer(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def save_predictions(self, predict_results: "PredictionOutput", dataset: "Dataset") -> None:
-        r"""Write ``predictions.jsonl`` (one line per example) and the confusion matrix (JSON + PNG)."""
+        r"""Write ``predictions.jsonl`` (one line per example) and the confusion matrix (JSON + PNG).
+
+        A multi-label head gets each class's average precision (JSON + bar chart) instead of the confusion matrix.
+        """
         if not self.is_world_process_zero():
             return
 
         model = self.accelerator.unwrap_model(self.model)
-        num_classes, label_names = model.action_decoder.num_classes, model.label_names
-        names = class_names(num_classes, label_names)
-        ranked = rank_classes(torch.as_tensor(predict_results.predictions), TOP_K, label_names)
-        labels = predict_results.label_ids
+        logits, labels = torch.as_tensor(predict_results.predictions), predict_results.label_ids
+        if model.problem_type == MULTI_LABEL:
+            records = _multi_label_records(logits, labels, model.threshold, model.label_names)
+            save_average_precision(self.args.output_dir, labels, logits.float().sigmoid().numpy(), model.label_names)
+        else:
+            records = _single_label_records(logits, labels, model.label_names)
+            predictions = np.array([record["predicted"] for record in records])
+            num_classes = model.action_decoder.num_classes
+            save_confusion_matrix(self.args.output_dir, labels, predictions, num_classes, model.label_names)
+
         path = os.path.join(self.args.output_dir, "predictions.jsonl")
         logger.info_rank0(f"Saving prediction results to {path}")
         with open(path, "w", encoding="utf-8") as f:
-            for index, (example, top_k) in enumerate(zip(dataset, ranked)):
-                label, predicted = int(labels[index]), top_k[0]["class"]
-                record = {
-                    "index": index,
-                    "videos": example.get("videos"),
-                    "label": label,
-                    "predicted": predicted,
-                    "top_k": [{**entry, "probability": round(entry["probability"], 6)} for entry in top_k],
-                }
-                if label_names:
-                    record.update(label_name=names[label], predicted_name=names[predicted])
+            for index, (example, record) in enumerate(zip(dataset, records)):
+                record = {"index": index, "videos": example.get("videos"), **record}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-        predictions = np.array([top_k[0]["class"] for top_k in ranked])
-        save_confusion_matrix(self.args.output_dir, labels, predictions, num_classes, label_names)
+
+def _rounded(entries: list[dict]) -> list[dict]:
+    return [{**entry, "probability": round(entry["probability"], 6)} for entry in entries]
+
+
+def _single_label_records(logits: torch.Tensor, labels: np.ndarray, label_names: list[str] | None) -> list[dict]:
+    r"""Per example: the label, the top class and the top-k classes with softmax probabilities (and names)."""
+    names = class_names(logits.size(-1), label_names)
+    records = []
+    for label, top_k in zip(labels.tolist(), rank_classes(logits, TOP_K, label_names)):
+        record = {"label": label, "predicted": top_k[0]["class"], "top_k": _rounded(top_k)}
+        if label_names:
+            record.update(label_name=names[label], predicted_name=names[record["predicted"]])
+        records.append(record)
+
+    return records
+
+
+def _multi_label_records(
+    logits: torch.Tensor, labels: np.ndarray, threshold: float, label_names: list[str] | None
+) -> list[dict]:
+    r"""Per example: the true classes, and the classes at or above ``threshold`` with sigmoid probabilities."""
+    records = []
+    for target, chosen in zip(labels.tolist(), decode_multi_label(logits, threshold, label_names)):
+        true_classes = [c for c, present in enumerate(target) if present]
+        record = {
+            "label": true_classes,
+            "predicted": [entry["class"] for entry in chosen],
+            "classes": _rounded(chosen),
+        }
+        if label_names:
+            record.update(
+                label_names=[label_names[c] for c in true_classes],
+                predicted_names=[label_names[c] for c in record["predicted"]],
+            )
+        records.append(record)
+
+    return records

@@ -13,6 +13,7 @@ from ...model import load_action_model, load_action_tokenizer
 from ...model.action_decoder import load_head_config
 from ...model.backbone import check_family
 from ...model.loader import find_head_directory
+from ...model.multi_label import MULTI_LABEL, SINGLE_LABEL
 from .checkpoints import complete_resume_checkpoint
 from .metric import ComputeActionMetrics
 from .trainer import ActionClsTrainer
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 
 LABEL_NAMES = ["action_labels"]
+PLOTTED_METRICS = {SINGLE_LABEL: ["eval_accuracy", "eval_macro_f1"], MULTI_LABEL: ["eval_mAP", "eval_micro_f1"]}
 PREPROCESSING_MODEL_ARGS = (
     "image_max_pixels",
     "image_min_pixels",
@@ -142,7 +144,12 @@ def run_action_cls(
         finetuning_args=finetuning_args,
         data_collator=data_collator,
         callbacks=callbacks,
-        compute_metrics=ComputeActionMetrics(finetuning_args.num_action_classes, label_names),
+        compute_metrics=ComputeActionMetrics(
+            finetuning_args.num_action_classes,
+            label_names,
+            finetuning_args.action_problem_type,
+            finetuning_args.action_threshold,
+        ),
         **dataset_module,
         **tokenizer_module,
     )
@@ -154,7 +161,7 @@ def run_action_cls(
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
         if trainer.is_world_process_zero() and finetuning_args.plot_loss:
-            plot_loss(training_args.output_dir, keys=["loss", "eval_loss", "eval_accuracy", "eval_macro_f1"])
+            plot_loss(training_args.output_dir, keys=["loss", "eval_loss", *PLOTTED_METRICS[model.problem_type]])
 
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")
