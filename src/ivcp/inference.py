@@ -60,6 +60,8 @@ class ActionClassifier:
             "num_action_classes": head_config["num_classes"],
             "action_decoder_type": head_config["decoder_type"],
             "action_decoder_hidden_size": head_config["decoder_hidden_size"],
+            "action_decoder_dropout": head_config.get("dropout"),
+            "action_hidden_layer": head_config.get("hidden_layer"),
             **head_config.get("preprocessing", {}),
             **kwargs,
         }

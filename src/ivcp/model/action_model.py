@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 from transformers.utils import ModelOutput
 
 from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder
+from .layers import decoder_layers
+from .loss import ActionLoss
 
 
 BACKBONE_PREFIX = "backbone."
@@ -52,6 +53,9 @@ class ActionClassificationModel(nn.Module):
         self.action_token_id = action_token_id
         self.label_names = label_names
         self.preprocessing: dict[str, Any] = {}  # the data settings inference must reuse (saved with the head)
+        self.loss_fn = ActionLoss()  # the objective (saved with the head)
+        layers = decoder_layers(self.base_model)  # `action_hidden_layer` deleted the layers above the classified one
+        self.hidden_layer = len(layers) - 1 if layers is not None else None
         # its own parameter, so it can have its own learning rate and is saved with the head
         self.action_embedding = nn.Parameter(action_embedding.detach().clone().float())
         self.config = self.base_model.config  # HF Trainer and accelerate read `model.config`
@@ -102,7 +106,7 @@ class ActionClassificationModel(nn.Module):
         logits = self.action_decoder(pooled)
         loss = None
         if action_labels is not None:
-            loss = F.cross_entropy(logits.float(), action_labels.to(logits.device))
+            loss = self.loss_fn(logits, action_labels)
 
         return ActionClassifierOutput(loss=loss, logits=logits)
 
@@ -112,6 +116,8 @@ class ActionClassificationModel(nn.Module):
             "action_token_id": self.action_token_id,
             "label_names": self.label_names,
             "preprocessing": self.preprocessing,
+            "hidden_layer": self.hidden_layer,
+            **self.loss_fn.config.to_dict(),
         }
 
     def save_pretrained(

@@ -12,6 +12,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head, load_head_config
 from .action_model import ActionClassificationModel
+from .loss import ActionLoss, ActionLossConfig
 
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ def load_action_model(
         num_classes=finetuning_args.num_action_classes,
         decoder_type=finetuning_args.action_decoder_type,
         decoder_hidden_size=finetuning_args.action_decoder_hidden_size,
+        dropout=finetuning_args.action_decoder_dropout,
     )
     model = ActionClassificationModel(
         backbone=backbone,
@@ -131,8 +133,9 @@ def load_action_model(
         label_names=label_names,
     )
     model.preprocessing = (head_config or {}).get("preprocessing", {})
+    model.loss_fn = ActionLoss(ActionLossConfig.from_head_config(head_config))  # a training run sets its own
     if head_directory is not None:
-        _check_head_config(head_directory, head_config, decoder)
+        _check_head_config(head_directory, head_config, decoder, model.hidden_layer)
         model.load_head(head_directory)
         logger.info_rank0(f"Loaded the action head from {head_directory}.")
 
@@ -143,9 +146,16 @@ def load_action_model(
     return model
 
 
-def _check_head_config(directory: str, config: dict | None, decoder: ActionDecoder) -> None:
+def _check_head_config(directory: str, config: dict | None, decoder: ActionDecoder, hidden_layer: int | None) -> None:
     if config is None:
         return
+
+    saved_layer = config.get("hidden_layer")
+    if saved_layer is not None and hidden_layer is not None and saved_layer != hidden_layer:
+        raise ValueError(
+            f"The action head in {directory} classifies LLM layer {saved_layer}, but this run uses layer "
+            f"{hidden_layer}: set `action_hidden_layer: {saved_layer}`."
+        )
 
     for key, option in (
         ("num_classes", "num_action_classes"),

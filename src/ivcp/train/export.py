@@ -25,6 +25,8 @@ HEAD_ARGUMENTS = {
     "num_action_classes": "num_classes",
     "action_decoder_type": "decoder_type",
     "action_decoder_hidden_size": "decoder_hidden_size",
+    "action_decoder_dropout": "dropout",
+    "action_hidden_layer": "hidden_layer",
 }
 
 
@@ -50,7 +52,8 @@ def action_export_args(args: dict[str, Any] | list[str] | None) -> dict[str, Any
 
     completed = {**args, "stage": ACTION_STAGE}
     for argument, key in HEAD_ARGUMENTS.items():
-        completed.setdefault(argument, head_config[key])
+        if head_config.get(key) is not None:  # heads saved before an option existed lack its key
+            completed.setdefault(argument, head_config[key])
     return completed
 
 

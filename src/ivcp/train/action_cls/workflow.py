@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 from llamafactory.data.parser import get_dataset_list
+from llamafactory.extras import logging
 from llamafactory.extras.ploting import plot_loss
 from llamafactory.train.trainer_utils import create_modelcard_and_push
 
@@ -11,6 +12,7 @@ from ...data.label_names import check_label_names, read_label_names
 from ...model import load_action_model, load_action_tokenizer
 from ...model.action_decoder import load_head_config
 from ...model.loader import find_head_directory
+from ...model.loss import BALANCED, ActionLoss, ActionLossConfig, format_class_weights, resolve_class_weights
 from .checkpoints import complete_resume_checkpoint
 from .metric import ComputeActionMetrics
 from .trainer import ActionClsTrainer
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 
     from ...hparams import ActionFinetuningArguments
 
+
+logger = logging.get_logger(__name__)
 
 LABEL_NAMES = ["action_labels"]
 PREPROCESSING_MODEL_ARGS = (
@@ -50,6 +54,12 @@ def check_action_cls_args(
     if finetuning_args.finetuning_type not in ("lora", "full", "freeze"):
         raise ValueError(
             f"action_cls supports finetuning_type lora, full and freeze, not {finetuning_args.finetuning_type}."
+        )
+
+    if data_args.streaming and finetuning_args.action_class_weights == BALANCED:
+        raise ValueError(
+            "`action_class_weights: balanced` counts the classes over the whole training set, which `streaming: true` "
+            "cannot do: give the weights as a list."
         )
 
 
@@ -103,6 +113,35 @@ def prepare_action_data(
     return tokenizer_module, template, label_names, dataset_module
 
 
+def action_loss_config(
+    finetuning_args: "ActionFinetuningArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    label_names: list[str] | None,
+    dataset_module: "DatasetModule",
+    saved: ActionLossConfig,
+) -> ActionLossConfig:
+    r"""The run's objective; without ``action_class_weights``, the weights saved with a loaded head are kept."""
+    train_dataset = dataset_module.get("train_dataset") if training_args.do_train else None
+    weights = resolve_class_weights(
+        finetuning_args.action_class_weights,
+        finetuning_args.num_action_classes,
+        label_names,
+        train_labels=train_dataset["action_labels"] if train_dataset is not None else None,
+        saved=saved.class_weights,
+    )
+    if weights is not None:
+        spec = finetuning_args.action_class_weights
+        origin = spec if isinstance(spec, str) else ("saved with the head" if spec is None else "given")
+        logger.info_rank0(f"Class weights ({origin}): {format_class_weights(weights, label_names)}.")
+
+    return ActionLossConfig(
+        loss=finetuning_args.action_loss,
+        focal_gamma=finetuning_args.action_focal_gamma,
+        label_smoothing=training_args.label_smoothing_factor,
+        class_weights=weights.tolist() if weights is not None else None,
+    )
+
+
 def run_action_cls(
     model_args: "ModelArguments",
     data_args: "DataArguments",
@@ -118,6 +157,9 @@ def run_action_cls(
     )
     model = load_action_model(
         tokenizer_module["tokenizer"], model_args, finetuning_args, training_args.do_train, label_names
+    )
+    model.loss_fn = ActionLoss(
+        action_loss_config(finetuning_args, training_args, label_names, dataset_module, model.loss_fn.config)
     )
     model.preprocessing = {
         "template": data_args.template,
