@@ -17,6 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from llamafactory.hparams import get_train_args
+from llamafactory.train.tuner import export_model
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from ivcp.data import ActionDataCollator
@@ -285,6 +287,24 @@ def test_hidden_layer_runs_fewer_layers_and_classifies_that_layer(tiny_model, mo
     torch.testing.assert_close(hidden[rows, positions], expected[rows, positions])
     assert not torch.allclose(hidden[rows, positions], full.last_hidden_state[rows, positions])
     torch.testing.assert_close(logits, models[0].action_decoder(hidden[rows, positions]))
+
+    # export: LoRA merged into the kept layer; the exported model holds that layer only and classifies the same
+    models[0].save_pretrained(str(tmp_path / "adapter"))
+    export_model(
+        {
+            "model_name_or_path": tiny_model,
+            "adapter_name_or_path": str(tmp_path / "adapter"),
+            "template": "qwen2_vl",
+            "finetuning_type": "lora",
+            "export_dir": str(tmp_path / "exported"),
+        }
+    )
+    assert read_json(tmp_path / "exported" / "config.json")["text_config"]["num_hidden_layers"] == 1
+    assert not any(".layers.1." in key for key in load_file(str(tmp_path / "exported" / "model.safetensors")))
+    exported = ActionClassifier.from_pretrained(str(tmp_path / "exported"), template="qwen2_vl").model
+    assert exported.hidden_layer == 0
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**batch).logits, logits, atol=1e-5, rtol=1e-4)
 
 
 def test_hidden_layer_head_trains_and_its_objective_round_trips(train_grouped, grouped_data):
