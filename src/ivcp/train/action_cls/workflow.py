@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ...hparams import ActionFinetuningArguments
 
 
-logger = logging.get_logger(__name__)
+logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's logger: its handlers show INFO
 
 LABEL_NAMES = ["action_labels"]
 PREPROCESSING_MODEL_ARGS = (
