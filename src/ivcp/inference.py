@@ -72,6 +72,8 @@ class ActionClassifier:
             "action_decoder_hidden_size": head_config["decoder_hidden_size"],
             "action_problem_type": head_config.get("problem_type"),  # the head's decoding rule, never the other
             "action_threshold": head_config.get("threshold"),
+            "action_decoder_dropout": head_config.get("dropout"),
+            "action_hidden_layer": head_config.get("hidden_layer"),
             **head_config.get("preprocessing", {}),
             **kwargs,
         }

@@ -36,6 +36,7 @@ REQUIRED_NAMES = {
     "llamafactory.data.collator": ["MultiModalDataCollatorForSeq2Seq"],
     "llamafactory.data.processor.processor_utils": ["DatasetProcessor"],
     "llamafactory.model.model_utils.embedding": ["resize_embedding_layer"],
+    "llamafactory.model.loader": ["init_adapter"],
     "llamafactory.train.callbacks": ["LogCallback", "ReporterCallback", "SaveProcessorCallback"],
     "llamafactory.train.trainer_utils": ["create_custom_optimizer", "create_custom_scheduler"],
     "llamafactory.data.mm_plugin": ["MMPluginMixin", "LlavaNextVideoPlugin", "VideoLlavaPlugin"],
@@ -203,6 +204,20 @@ def _run_api_wrapper(original: Callable) -> Callable:
     return run_api
 
 
+def _init_adapter_wrapper(original: Callable) -> Callable:
+    r"""``action_hidden_layer``: drop the LLM layers above the chosen one before LoRA / freeze tuning see the model."""
+
+    def init_adapter(config, model, model_args, finetuning_args, is_trainable):
+        if getattr(finetuning_args, "stage", None) == ACTION_STAGE and finetuning_args.action_hidden_layer != -1:
+            from .model.layers import keep_layers_up_to
+
+            keep_layers_up_to(model, finetuning_args.action_hidden_layer)
+
+        return original(config, model, model_args, finetuning_args, is_trainable)
+
+    return init_adapter
+
+
 def _align_dataset_wrapper(original: Callable) -> Callable:
     def align_dataset(dataset, dataset_attr, data_args, training_args):
         from .data.context import active_action_data
@@ -335,6 +350,7 @@ def _register() -> None:
     from llamafactory.data import loader
     from llamafactory.data.parser import DatasetAttr
     from llamafactory.hparams import parser
+    from llamafactory.model import loader as model_loader
     from llamafactory.train import tuner
 
     _swap_finetuning_arguments()
@@ -343,6 +359,7 @@ def _register() -> None:
     _patch(tuner, "_training_function", _training_function_wrapper)
     _patch(tuner, "export_model", _export_model_wrapper)
     _patch(api_app, "run_api", _run_api_wrapper)
+    _patch(model_loader, "init_adapter", _init_adapter_wrapper)
     _patch(loader, "align_dataset", _align_dataset_wrapper)
     _patch(loader, "_get_dataset_processor", _get_dataset_processor_wrapper)
     _patch(DatasetAttr, "join", _dataset_attr_join_wrapper)

@@ -1,5 +1,6 @@
 """``FinetuningArguments`` with the ``action_cls`` stage and its options."""
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,6 +57,32 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
         default=0.5,
         metadata={"help": "Multi-label: a class is predicted when its sigmoid probability is >= this threshold."},
     )
+    action_class_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Per-class loss weights: `balanced` (inverse class frequency over the training set), a list by "
+            "class id (`1,2,0.5`), or a .json file of a list or of {class name: weight}."
+        },
+    )
+    action_loss: str = field(
+        default="cross_entropy",
+        metadata={"help": "The classification loss: `cross_entropy` or `focal`."},
+    )
+    action_focal_gamma: float = field(
+        default=2.0,
+        metadata={"help": "The focusing parameter gamma of the focal loss (0 is cross-entropy)."},
+    )
+    action_decoder_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Dropout on the `<ACTION>` hidden state before the head."},
+    )
+    action_hidden_layer: int = field(
+        default=-1,
+        metadata={
+            "help": "Classify the `<ACTION>` hidden state after this LLM layer (0-based; negative counts from the "
+            "last, -1 = the last). The layers after it are dropped from the model and never run."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -85,3 +112,29 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
 
         if not 0.0 < self.action_threshold < 1.0:
             raise ValueError(f"`action_threshold` must be a probability in (0, 1), got {self.action_threshold}.")
+        self._check_objective_args()
+
+    def _check_objective_args(self) -> None:
+        from ..model.loss import (
+            BALANCED,
+            CLASS_WEIGHTS_FORMS,
+            ActionLossConfig,
+            parse_class_weights,
+            read_class_weights_spec,
+        )
+
+        self.action_class_weights = read_class_weights_spec(self.action_class_weights)
+        weights = self.action_class_weights
+        if isinstance(weights, (list, tuple)):  # names and file contents are checked once the label names are known
+            parse_class_weights(weights, self.num_action_classes)
+        elif isinstance(weights, str) and weights != BALANCED and not os.path.isfile(weights):
+            raise FileNotFoundError(f"`action_class_weights` file {weights} does not exist: fix the path.")
+        elif weights is not None and not isinstance(weights, (str, dict)):
+            raise TypeError(f"`action_class_weights` must be {CLASS_WEIGHTS_FORMS}, got {weights!r}.")
+
+        ActionLossConfig(loss=self.action_loss, focal_gamma=self.action_focal_gamma)  # checks both
+        if not 0.0 <= self.action_decoder_dropout < 1.0:
+            raise ValueError(f"`action_decoder_dropout` must be in [0, 1), got {self.action_decoder_dropout}.")
+
+        if isinstance(self.action_hidden_layer, bool) or not isinstance(self.action_hidden_layer, int):
+            raise TypeError(f"`action_hidden_layer` must be an integer layer index, got {self.action_hidden_layer!r}.")

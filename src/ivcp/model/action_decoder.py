@@ -22,7 +22,10 @@ ACTION_EMBEDDING_KEY = "action_embedding"
 
 
 class ActionDecoder(nn.Module):
-    r"""Maps the hidden state at ``<ACTION>`` to class logits: ``linear``, or a 2-layer ``mlp`` with GELU."""
+    r"""Maps the hidden state at ``<ACTION>`` to class logits: ``linear``, or a 2-layer ``mlp`` with GELU.
+
+    ``dropout`` applies to the hidden state before the head (outside ``net``, so the weight names never change).
+    """
 
     def __init__(
         self,
@@ -30,8 +33,10 @@ class ActionDecoder(nn.Module):
         num_classes: int,
         decoder_type: str = "linear",
         decoder_hidden_size: int | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         self.hidden_size = hidden_size
         self.num_classes = num_classes
         self.decoder_type = decoder_type
@@ -49,7 +54,7 @@ class ActionDecoder(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         dtype = next(self.net.parameters()).dtype
-        return self.net(hidden_states.to(dtype))
+        return self.net(self.dropout(hidden_states.to(dtype)))
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -57,6 +62,7 @@ class ActionDecoder(nn.Module):
             "num_classes": self.num_classes,
             "decoder_type": self.decoder_type,
             "decoder_hidden_size": self.decoder_hidden_size,
+            "dropout": self.dropout.p,
         }
 
     def save_pretrained(

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 from transformers.utils import ModelOutput
 
 from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder
 from .backbone import final_hidden_states
+from .layers import decoder_layers
+from .loss import ActionLoss
 from .multi_label import MULTI_LABEL, SINGLE_LABEL, multi_label_loss
 
 
@@ -61,8 +62,10 @@ class ActionClassificationModel(nn.Module):
         self.router_aux_loss_coef = router_aux_loss_coef  # None: no router loss (dense model, or not asked for)
         self.problem_type = problem_type
         self.threshold = threshold  # multi-label decoding, saved with the head
-        self.pos_weight: torch.Tensor | None = None  # multi-label positive-class weights (one per class)
         self.preprocessing: dict[str, Any] = {}  # the data settings inference must reuse (saved with the head)
+        self.loss_fn = ActionLoss()  # the objective (saved with the head)
+        layers = decoder_layers(self.base_model)  # `action_hidden_layer` deleted the layers above the classified one
+        self.hidden_layer = len(layers) - 1 if layers is not None else None
         # its own parameter, so it can have its own learning rate and is saved with the head
         self.action_embedding = nn.Parameter(action_embedding.detach().clone().float())
         self.config = self.base_model.config  # HF Trainer and accelerate read `model.config`
@@ -115,9 +118,9 @@ class ActionClassificationModel(nn.Module):
         loss = None
         if action_labels is not None:
             if self.problem_type == MULTI_LABEL:  # multi-hot [batch, classes]
-                loss = multi_label_loss(logits, action_labels, self.pos_weight)
+                loss = multi_label_loss(logits, action_labels, self.loss_fn.weight)  # class weights: positive weights
             else:
-                loss = F.cross_entropy(logits.float(), action_labels.to(logits.device))
+                loss = self.loss_fn(logits, action_labels)
             if aux_loss is not None:
                 loss = loss + self.router_aux_loss_coef * aux_loss.to(loss.device)
 
@@ -131,6 +134,8 @@ class ActionClassificationModel(nn.Module):
             "problem_type": self.problem_type,
             "threshold": self.threshold,
             "preprocessing": self.preprocessing,
+            "hidden_layer": self.hidden_layer,
+            **self.loss_fn.config.to_dict(),
         }
 
     def save_pretrained(

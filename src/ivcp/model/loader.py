@@ -15,6 +15,7 @@ from ..integration import action_processor
 from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head, load_head_config
 from .action_model import ActionClassificationModel
 from .backbone import check_poolable, router_aux_loss_coef
+from .loss import ActionLoss, ActionLossConfig
 
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ def load_action_model(
         num_classes=finetuning_args.num_action_classes,
         decoder_type=finetuning_args.action_decoder_type,
         decoder_hidden_size=finetuning_args.action_decoder_hidden_size,
+        dropout=finetuning_args.action_decoder_dropout,
     )
     model = ActionClassificationModel(
         backbone=backbone,
@@ -139,6 +141,7 @@ def load_action_model(
         threshold=finetuning_args.action_threshold,
     )
     model.preprocessing = (head_config or {}).get("preprocessing", {})
+    model.loss_fn = ActionLoss(ActionLossConfig.from_head_config(head_config))  # a training run sets its own
     if head_directory is not None:
         _check_head_config(head_directory, head_config, model)
         model.load_head(head_directory)
@@ -154,6 +157,13 @@ def load_action_model(
 def _check_head_config(directory: str, config: dict | None, model: ActionClassificationModel) -> None:
     if config is None:
         return
+
+    saved_layer = config.get("hidden_layer")
+    if saved_layer is not None and model.hidden_layer is not None and saved_layer != model.hidden_layer:
+        raise ValueError(
+            f"The action head in {directory} classifies LLM layer {saved_layer}, but this run uses layer "
+            f"{model.hidden_layer}: set `action_hidden_layer: {saved_layer}`."
+        )
 
     wanted_values = {**model.action_decoder.get_config(), "problem_type": model.problem_type}
     for key, option in (

@@ -27,6 +27,8 @@ HEAD_ARGUMENTS = {
     "action_decoder_hidden_size": "decoder_hidden_size",
     "action_problem_type": "problem_type",
     "action_threshold": "threshold",
+    "action_decoder_dropout": "dropout",
+    "action_hidden_layer": "hidden_layer",
 }
 
 
@@ -52,7 +54,7 @@ def action_export_args(args: dict[str, Any] | list[str] | None) -> dict[str, Any
 
     completed = {**args, "stage": ACTION_STAGE}
     for argument, key in HEAD_ARGUMENTS.items():
-        if key in head_config:  # heads saved before multi-label support have no problem_type / threshold
+        if head_config.get(key) is not None:  # heads saved before an option existed lack its key
             completed.setdefault(argument, head_config[key])
     return completed
 

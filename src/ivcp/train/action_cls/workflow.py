@@ -2,7 +2,9 @@
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from llamafactory.data.parser import get_dataset_list
+from llamafactory.extras import logging
 from llamafactory.extras.ploting import plot_loss
 from llamafactory.model.loader import load_config
 from llamafactory.train.trainer_utils import create_modelcard_and_push
@@ -13,7 +15,8 @@ from ...model import load_action_model, load_action_tokenizer
 from ...model.action_decoder import load_head_config
 from ...model.backbone import check_family
 from ...model.loader import find_head_directory
-from ...model.multi_label import MULTI_LABEL, SINGLE_LABEL
+from ...model.loss import BALANCED, ActionLoss, ActionLossConfig, format_class_weights, resolve_class_weights
+from ...model.multi_label import MULTI_LABEL, SINGLE_LABEL, balanced_pos_weight
 from .checkpoints import complete_resume_checkpoint
 from .metric import ComputeActionMetrics
 from .trainer import ActionClsTrainer
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 
     from ...hparams import ActionFinetuningArguments
 
+
+logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's logger: its handlers show INFO
 
 LABEL_NAMES = ["action_labels"]
 PLOTTED_METRICS = {SINGLE_LABEL: ["eval_accuracy", "eval_macro_f1"], MULTI_LABEL: ["eval_mAP", "eval_micro_f1"]}
@@ -54,6 +59,12 @@ def check_action_cls_args(
     if finetuning_args.finetuning_type not in ("lora", "full", "freeze"):
         raise ValueError(
             f"action_cls supports finetuning_type lora, full and freeze, not {finetuning_args.finetuning_type}."
+        )
+
+    if data_args.streaming and finetuning_args.action_class_weights == BALANCED:
+        raise ValueError(
+            "`action_class_weights: balanced` counts the classes over the whole training set, which `streaming: true` "
+            "cannot do: give the weights as a list."
         )
 
 
@@ -108,6 +119,43 @@ def prepare_action_data(
     return tokenizer_module, template, label_names, dataset_module
 
 
+def action_loss_config(
+    finetuning_args: "ActionFinetuningArguments",
+    training_args: "Seq2SeqTrainingArguments",
+    label_names: list[str] | None,
+    dataset_module: "DatasetModule",
+    saved: ActionLossConfig,
+) -> ActionLossConfig:
+    r"""The run's objective; without ``action_class_weights``, the weights saved with a loaded head are kept."""
+    train_dataset = dataset_module.get("train_dataset") if training_args.do_train else None
+    train_labels = train_dataset["action_labels"] if train_dataset is not None else None
+    spec = finetuning_args.action_class_weights
+    if finetuning_args.action_problem_type == MULTI_LABEL:
+        if finetuning_args.action_loss != "cross_entropy" or training_args.label_smoothing_factor:
+            raise ValueError(
+                "`action_problem_type: multi_label` trains with binary cross-entropy: `action_loss: focal` and "
+                "`label_smoothing_factor` apply to single-label runs only; remove them."
+            )
+
+        if spec == BALANCED and train_labels is not None:  # positive-class weights: negatives / positives
+            spec = balanced_pos_weight(np.asarray(train_labels)).tolist()
+
+    weights = resolve_class_weights(
+        spec, finetuning_args.num_action_classes, label_names, train_labels=train_labels, saved=saved.class_weights
+    )
+    if weights is not None:
+        spec = finetuning_args.action_class_weights
+        origin = spec if isinstance(spec, str) else ("saved with the head" if spec is None else "given")
+        logger.info_rank0(f"Class weights ({origin}): {format_class_weights(weights, label_names)}.")
+
+    return ActionLossConfig(
+        loss=finetuning_args.action_loss,
+        focal_gamma=finetuning_args.action_focal_gamma,
+        label_smoothing=training_args.label_smoothing_factor,
+        class_weights=weights.tolist() if weights is not None else None,
+    )
+
+
 def run_action_cls(
     model_args: "ModelArguments",
     data_args: "DataArguments",
@@ -123,6 +171,9 @@ def run_action_cls(
     )
     model = load_action_model(
         tokenizer_module["tokenizer"], model_args, finetuning_args, training_args.do_train, label_names
+    )
+    model.loss_fn = ActionLoss(
+        action_loss_config(finetuning_args, training_args, label_names, dataset_module, model.loss_fn.config)
     )
     model.preprocessing = {
         "template": data_args.template,
