@@ -31,6 +31,7 @@ from ..data.context import ActionDataError
 from ..hparams.serving_args import ActionServingArguments
 from ..inference import ActionClassifier
 from ..model.action_decoder import ACTION_TOKEN
+from ..model.multi_label import MULTI_LABEL, decode_multi_label
 from ..train.action_cls.metric import rank_classes
 from .media import MediaError, MediaPolicy, describe_url
 from .protocol import ClassificationData, ClassificationRequest, ClassificationResponse, error_body
@@ -244,6 +245,16 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
             )
 
         logits, _ = outcome
+        if classifier.model.problem_type == MULTI_LABEL:  # the head's own rule: sigmoid, classes >= threshold
+            chosen = decode_multi_label(logits[None], classifier.model.threshold, classifier.names)[0]
+            return ClassificationData(
+                index=index,
+                label=chosen[0]["name"] if chosen else None,
+                probs=logits.float().sigmoid().tolist(),
+                num_classes=num_classes,
+                labels=[{"class": c["class"], "label": c["name"], "probability": c["probability"]} for c in chosen],
+            )
+
         probabilities = torch.softmax(logits.float(), dim=-1)
         top = rank_classes(logits[None], top_k, classifier.names)[0]
         return ClassificationData(

@@ -35,6 +35,7 @@ class ClassificationData(BaseModel):
     probs: list[float] | None = None
     num_classes: int
     top_k: list[ClassProbability] | None = None
+    labels: list[ClassProbability] | None = None  # multi-label heads: every class at or above the threshold
     error: dict[str, Any] | None = None
 
 
