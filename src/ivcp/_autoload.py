@@ -3,7 +3,8 @@
 It must stay cheap and harmless: it never imports torch or LLaMA-Factory, never raises, and does nothing
 when ``IVCP_DISABLE=1``. It puts a finder first on ``sys.meta_path`` that
 - runs ``ivcp.register()`` right after ``llamafactory.train.tuner`` has been executed (this happens in every
-  process, including the children that ``llamafactory-cli`` starts under torchrun), and
+  process, including the children that ``llamafactory-cli`` starts under torchrun),
+- runs ``ivcp.register_webui()`` right after ``llamafactory.webui.interface`` (``llamafactory-cli webui``), and
 - resolves the documented aliases ``llamafactory.model.action_decoder`` & co. to IVCP's modules.
 """
 
@@ -16,6 +17,7 @@ import sys
 
 DISABLE_ENV = "IVCP_DISABLE"
 TRIGGER_MODULE = "llamafactory.train.tuner"
+TRIGGER_MODULES = {TRIGGER_MODULE: "register", "llamafactory.webui.interface": "register_webui"}
 MODULE_ALIASES = {
     "llamafactory.model.action_decoder": "ivcp.model.action_decoder",
     "llamafactory.train.action_cls": "ivcp.train.action_cls",
@@ -41,17 +43,18 @@ class _AliasLoader(importlib.abc.Loader):
 
 
 class _RegisterAfterExecLoader(importlib.abc.Loader):
-    """Wraps the real loader of the trigger module and calls ``ivcp.register()`` once it has run."""
+    """Wraps the real loader of a trigger module and calls its ``ivcp`` registration once it has run."""
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
+    def __init__(self, loader: importlib.abc.Loader, register_name: str) -> None:
         self.loader = loader
+        self.register_name = register_name
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         self.loader.exec_module(module)
-        _register_quietly()
+        _register_quietly(self.register_name)
 
     def __getattr__(self, name: str):
         return getattr(self.loader, name)
@@ -62,7 +65,7 @@ class IvcpFinder(importlib.abc.MetaPathFinder):
         if fullname in MODULE_ALIASES:
             return importlib.util.spec_from_loader(fullname, _AliasLoader(MODULE_ALIASES[fullname]))
 
-        if fullname != TRIGGER_MODULE:
+        if fullname not in TRIGGER_MODULES:
             return None
 
         for finder in sys.meta_path:
@@ -72,7 +75,7 @@ class IvcpFinder(importlib.abc.MetaPathFinder):
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _RegisterAfterExecLoader(spec.loader)
+                    spec.loader = _RegisterAfterExecLoader(spec.loader, TRIGGER_MODULES[fullname])
                 return spec
 
         return None
@@ -88,12 +91,12 @@ def install() -> None:
         _register_quietly()
 
 
-def _register_quietly() -> None:
+def _register_quietly(register_name: str = "register") -> None:
     r"""A failed registration must not break LLaMA-Factory's other stages: report it and stand down."""
     try:
         import ivcp
 
-        ivcp.register()
+        getattr(ivcp, register_name)()
     except Exception as err:  # noqa: BLE001
         sys.stderr.write(f"[ivcp] stage action_cls NOT registered: {err}\n")
 
