@@ -10,7 +10,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
+import ivcp
+from ivcp import integration
 from ivcp.demo.motion_videos import DIRECTIONS
 
 from .conftest import read_json, start_command
@@ -113,7 +116,18 @@ def _drive_board(page, url: str, work_dir: Path, tiny_model: str, motion_data: s
     assert "--action_decoder_hidden_size" not in command.inner_text()  # empty = the default, not 0
     page.evaluate("window.scrollTo(0, 0)")
     bottom = page.get_by_label("Number of classes").bounding_box()["y"] + 120
-    page.screenshot(path=str(shots / "webui_train_tab.png"), clip={"x": 0, "y": 0, "width": 1400, "height": bottom})
+    clip = {"x": 0, "y": 0, "width": 1400, "height": bottom}
+    page.screenshot(path=str(shots / "webui_train_tab.png"), clip=clip, full_page=True)
+
+    # "Save arguments" / "Load arguments" round-trip the action_cls options
+    config_name = _listbox(page, "Config path").input_value()
+    page.get_by_role("button", name="Save arguments").click()
+    expect(page.get_by_text("Arguments have been saved at:").filter(visible=True).first).to_be_visible()
+    saved = yaml.safe_load((work_dir / "llamaboard_config" / config_name).read_text())
+    assert saved["train.num_action_classes"] == 4 and saved["train.action_label_names"] == str(names_file)
+    page.get_by_label("Number of classes").fill("7")
+    page.get_by_role("button", name="Load arguments").click()
+    expect(page.get_by_label("Number of classes")).to_have_value("4")
 
     # Start: the UI follows the subprocess to the end
     output_dir = _listbox(page, "Output dir").input_value()
@@ -147,7 +161,9 @@ def _drive_board(page, url: str, work_dir: Path, tiny_model: str, motion_data: s
     expect(page.get_by_role("row").filter(has_text="predict_macro_f1").filter(visible=True)).to_be_visible()
     expect(page.get_by_role("row").filter(has_text="predict_top3_accuracy").filter(visible=True)).to_be_visible()
     matrix_label = page.locator("label[data-testid=block-label]", has_text="Confusion matrix")
-    expect(page.locator("div.block").filter(has=matrix_label).locator("img")).to_be_visible()
+    matrix_image = page.locator("div.block").filter(has=matrix_label).locator("img")
+    matrix_image.scroll_into_view_if_needed()  # Gradio loads it lazily
+    expect(matrix_image).to_be_visible()
 
     # try it: a test clip gets the class the predict run gave it
     first = json.loads((eval_dir / "predictions.jsonl").read_text().splitlines()[0])
@@ -215,3 +231,37 @@ def test_webui_trains_evaluates_and_tries_an_action_classifier(webui, tiny_model
     if docs_dir:
         for shot in shots.iterdir():
             shutil.copy(shot, docs_dir)
+
+
+def test_webui_lists_the_datasets_with_action_labels(tmp_path):
+    from ivcp.webui.control import list_action_datasets
+
+    example = {"conversations": [{"from": "human", "value": "<video>Which?<ACTION>"}], "videos": ["a.mp4"]}
+    (tmp_path / "labelled.json").write_text(json.dumps([{**example, "action_label": 0}]))
+    (tmp_path / "labelled_lines.jsonl").write_text(json.dumps({**example, "action_label": "walk"}) + "\n")
+    (tmp_path / "plain.json").write_text(json.dumps([example]))
+    info = {
+        "labelled": {"file_name": "labelled.json"},
+        "labelled_lines": {"file_name": "labelled_lines.jsonl"},
+        "renamed_column": {"file_name": "plain.json", "columns": {"action_label": "class_id"}},
+        "names_on_the_hub": {"hf_hub_url": "someone/clips", "label_names": ["walk", "run"]},
+        "plain_sft": {"file_name": "plain.json"},
+        "missing_file": {"file_name": "nowhere.json"},
+    }
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    assert list_action_datasets(str(tmp_path)) == ["labelled", "labelled_lines", "renamed_column", "names_on_the_hub"]
+
+
+def test_register_webui_is_idempotent_and_self_checked(monkeypatch):
+    from llamafactory.extras.constants import TRAINING_STAGES
+    from llamafactory.webui import interface, runner
+
+    ivcp.register_webui()
+    ivcp.register_webui()
+    assert list(TRAINING_STAGES.values()).count("action_cls") == 1
+    for patched in (interface.create_train_tab, interface.create_eval_tab, runner.Runner._parse_eval_args):
+        assert not hasattr(getattr(patched, integration.PATCHED_MARK), integration.PATCHED_MARK)  # wrapped once
+
+    monkeypatch.setitem(integration.WEBUI_REQUIRED_NAMES, "llamafactory.webui.runner", ["Runner.no_such_method"])
+    with pytest.raises(RuntimeError, match=r"llamafactory\.webui\.runner\.Runner\.no_such_method"):
+        integration.self_check(integration.WEBUI_REQUIRED_NAMES)
