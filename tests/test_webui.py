@@ -93,6 +93,7 @@ def _drive_board(page, url: str, work_dir: Path, tiny_model: str, motion_data: s
     # Train tab: the stage shows its options; the dataset list offers the datasets with action labels
     expect(page.get_by_label("Number of classes")).to_be_hidden()
     _choose(page, _listbox(page, "Stage"), "Action Classification")
+    expect(page.get_by_text("hidden state: linear, or mlp (two layers).")).to_be_visible()  # help text whole
     page.get_by_label("Number of classes").fill("4")
     _field(page, "Label names file").fill(str(names_file))
     _field(page, "Data dir").fill(motion_data)

@@ -1,6 +1,7 @@
 """Labels and help texts of the action_cls widgets, merged into LLaMA Board's ``LOCALES`` / ``ALERTS`` in place.
 
-English and Chinese are written out; LLaMA Board's other languages (ru, ko, ja) show the English text, because its
+Help texts are Markdown (``<ACTION>`` in backticks, or the browser takes it for a tag). English and Chinese are
+written out; LLaMA Board's other languages (ru, ko, ja) show the English text, because its
 ``change_lang`` needs an entry for every language it offers.
 """
 
@@ -20,8 +21,8 @@ _STRINGS: dict[str, dict[str, dict[str, Any]]] = {
         "zh": {"label": "类别数", "info": "动作类别的数量（标签为 0 .. N-1）。"},
     },
     "action_decoder_type": {
-        "en": {"label": "Decoder type", "info": "Head on the <ACTION> hidden state: linear, or mlp (two layers)."},
-        "zh": {"label": "分类头类型", "info": "<ACTION> 隐状态上的分类头：linear，或两层的 mlp。"},
+        "en": {"label": "Decoder type", "info": "Head on the `<ACTION>` hidden state: linear, or mlp (two layers)."},
+        "zh": {"label": "分类头类型", "info": "`<ACTION>` 隐状态上的分类头：linear，或两层的 mlp。"},
     },
     "action_decoder_hidden_size": {
         "en": {"label": "Decoder hidden size", "info": "Hidden size of the mlp head; empty = the model's."},
@@ -32,8 +33,8 @@ _STRINGS: dict[str, dict[str, dict[str, Any]]] = {
         "zh": {"label": "分类头路径", "info": "包含 action_decoder.safetensors 的文件夹，用于初始化分类头。"},
     },
     "action_token_lr_scale": {
-        "en": {"label": "<ACTION> LR scale", "info": "The <ACTION> embedding trains with learning rate × this."},
-        "zh": {"label": "<ACTION> 学习率倍数", "info": "<ACTION> 词嵌入的学习率 = 学习率 × 该值。"},
+        "en": {"label": "<ACTION> LR scale", "info": "The `<ACTION>` embedding trains with learning rate × this."},
+        "zh": {"label": "<ACTION> 学习率倍数", "info": "`<ACTION>` 词嵌入的学习率 = 学习率 × 该值。"},
     },
     "action_label_names": {
         "en": {"label": "Label names file", "info": "A .json or .txt file of class names (optional)."},
