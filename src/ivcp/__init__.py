@@ -11,3 +11,10 @@ def register() -> None:
     from .integration import register as _register
 
     _register()
+
+
+def register_webui() -> None:
+    """Also offer the ``action_cls`` stage in LLaMA Board, ``llamafactory-cli webui`` (idempotent)."""
+    from .integration import register_webui as _register_webui
+
+    _register_webui()

@@ -4,7 +4,8 @@ It must stay cheap and harmless: it never imports torch or LLaMA-Factory, never 
 when ``IVCP_DISABLE=1``. It puts a finder first on ``sys.meta_path`` that
 - runs ``ivcp.register()`` right after ``llamafactory.train.tuner`` (``train``, ``export``) or
   ``llamafactory.api.app`` (``api``) has been executed (this happens in every process, including the children that
-  ``llamafactory-cli`` starts under torchrun), and
+  ``llamafactory-cli`` starts under torchrun),
+- runs ``ivcp.register_webui()`` right after ``llamafactory.webui.interface`` (``llamafactory-cli webui``), and
 - resolves the documented aliases ``llamafactory.model.action_decoder`` & co. to IVCP's modules.
 """
 
@@ -16,7 +17,11 @@ import sys
 
 
 DISABLE_ENV = "IVCP_DISABLE"
-TRIGGER_MODULES = ("llamafactory.train.tuner", "llamafactory.api.app")  # `train`/`export`, and `api`
+TRIGGER_MODULES = {  # module -> the ivcp function to run once it has executed
+    "llamafactory.train.tuner": "register",  # `train`, `export`
+    "llamafactory.api.app": "register",  # `api`
+    "llamafactory.webui.interface": "register_webui",  # `webui`
+}
 MODULE_ALIASES = {
     "llamafactory.model.action_decoder": "ivcp.model.action_decoder",
     "llamafactory.train.action_cls": "ivcp.train.action_cls",
@@ -42,17 +47,18 @@ class _AliasLoader(importlib.abc.Loader):
 
 
 class _RegisterAfterExecLoader(importlib.abc.Loader):
-    """Wraps the real loader of the trigger module and calls ``ivcp.register()`` once it has run."""
+    """Wraps the real loader of a trigger module and calls its ``ivcp`` registration once it has run."""
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
+    def __init__(self, loader: importlib.abc.Loader, register_name: str) -> None:
         self.loader = loader
+        self.register_name = register_name
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         self.loader.exec_module(module)
-        _register_quietly()
+        _register_quietly(self.register_name)
 
     def __getattr__(self, name: str):
         return getattr(self.loader, name)
@@ -73,7 +79,7 @@ class IvcpFinder(importlib.abc.MetaPathFinder):
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _RegisterAfterExecLoader(spec.loader)
+                    spec.loader = _RegisterAfterExecLoader(spec.loader, TRIGGER_MODULES[fullname])
                 return spec
 
         return None
@@ -85,16 +91,17 @@ def install() -> None:
         return
 
     sys.meta_path.insert(0, IvcpFinder())
-    if any(module in sys.modules for module in TRIGGER_MODULES):
-        _register_quietly()
+    for module, register_name in TRIGGER_MODULES.items():
+        if module in sys.modules:
+            _register_quietly(register_name)
 
 
-def _register_quietly() -> None:
+def _register_quietly(register_name: str = "register") -> None:
     r"""A failed registration must not break LLaMA-Factory's other stages: report it and stand down."""
     try:
         import ivcp
 
-        ivcp.register()
+        getattr(ivcp, register_name)()
     except Exception as err:  # noqa: BLE001
         sys.stderr.write(f"[ivcp] stage action_cls NOT registered: {err}\n")
 

@@ -20,7 +20,7 @@ from .data import ActionDataCollator, ActionDatasetProcessor
 from .data.context import ActionDataError, media_error
 from .data.videos import check_video
 from .model import load_action_model, load_action_tokenizer
-from .model.action_decoder import load_head_config
+from .model.action_decoder import head_arguments, load_head_config
 from .model.loader import find_head_directory
 from .model.multi_label import MULTI_LABEL, decode_multi_label
 from .train.action_cls.metric import class_names, rank_classes
@@ -67,14 +67,7 @@ class ActionClassifier:
             "adapter_name_or_path": adapter,
             "action_decoder_path": action_decoder_path,
             "stage": ACTION_STAGE,
-            "num_action_classes": head_config["num_classes"],
-            "action_decoder_type": head_config["decoder_type"],
-            "action_decoder_hidden_size": head_config["decoder_hidden_size"],
-            "action_problem_type": head_config.get("problem_type"),  # the head's decoding rule, never the other
-            "action_threshold": head_config.get("threshold"),
-            "action_decoder_dropout": head_config.get("dropout"),
-            "action_hidden_layer": head_config.get("hidden_layer"),
-            **head_config.get("preprocessing", {}),
+            **head_arguments(head_config),
             **kwargs,
         }
         model_args, data_args, finetuning_args, _ = get_infer_args({k: v for k, v in args.items() if v is not None})

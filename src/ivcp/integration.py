@@ -43,25 +43,47 @@ REQUIRED_NAMES = {
     "llamafactory.api.app": ["run_api"],
 }
 
+# LLaMA Board's names: checked when the web UI is loaded (importing them means importing Gradio).
+WEBUI_REQUIRED_NAMES = {
+    "llamafactory.extras.constants": ["TRAINING_STAGES", "PEFT_METHODS"],
+    "llamafactory.webui.interface": ["create_train_tab", "create_eval_tab"],
+    "llamafactory.webui.components.train": ["list_datasets"],
+    "llamafactory.webui.runner": ["Runner._parse_train_args", "Runner._parse_eval_args"],
+    "llamafactory.webui.locales": ["LOCALES", "ALERTS"],
+    "llamafactory.webui.common": ["get_save_dir", "load_dataset_info"],
+}
+ACTION_STAGE_TITLE = "Action Classification"  # the stage's name in LLaMA Board's stage list
+
 _registered = False
 _registering = False  # register() imports trigger modules, whose import calls register() again
+_webui_registered = False
 
 
-def self_check() -> None:
+def _has_attribute(owner: Any, dotted_name: str) -> bool:
+    for name in dotted_name.split("."):  # "Class.method" names a method
+        if not hasattr(owner, name):
+            return False
+
+        owner = getattr(owner, name)
+
+    return True
+
+
+def self_check(required_names: dict[str, list[str]] | None = None) -> None:
     r"""Fail with a clear message if the LLaMA-Factory names IVCP hooks into are gone."""
     import llamafactory
 
     missing = []
-    for module_name, names in REQUIRED_NAMES.items():
+    for module_name, names in (REQUIRED_NAMES if required_names is None else required_names).items():
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
             missing.append(f"{module_name} ({err})")
             continue
 
-        missing += [f"{module_name}.{name}" for name in names if not hasattr(module, name)]
+        missing += [f"{module_name}.{name}" for name in names if not _has_attribute(module, name)]
 
-    if not hasattr(llamafactory.data.parser.DatasetAttr, "join"):
+    if required_names is None and not hasattr(llamafactory.data.parser.DatasetAttr, "join"):
         missing.append("llamafactory.data.parser.DatasetAttr.join")
 
     if missing:
@@ -365,3 +387,98 @@ def _register() -> None:
     _patch(DatasetAttr, "join", _dataset_attr_join_wrapper)
     _install_aliases()
     _registered = True
+
+
+def _create_train_tab_wrapper(original: Callable) -> Callable:
+    r"""The Train tab with the action_cls options; they join the tab's inputs before its buttons are bound."""
+
+    def create_train_tab(engine):
+        from .webui.components import ActionTrainBox
+
+        box = ActionTrainBox()
+        base_elems = engine.manager.get_base_elems
+        with _swapped(engine.manager, get_base_elems=lambda: base_elems() | box.inputs):
+            elem_dict = original(engine)
+
+        return box.attach(elem_dict)
+
+    return create_train_tab
+
+
+def _create_eval_tab_wrapper(original: Callable) -> Callable:
+    r"""The Evaluate & Predict tab, then the action_cls results and the try-it panel."""
+
+    def create_eval_tab(engine):
+        from .webui.components import create_action_eval_box
+
+        elem_dict = original(engine)
+        return {**elem_dict, **create_action_eval_box(engine, elem_dict)}
+
+    return create_eval_tab
+
+
+def _parse_train_args_wrapper(original: Callable) -> Callable:
+    def _parse_train_args(self, data):
+        from .webui.control import action_train_args
+
+        args = original(self, data)
+        if args["stage"] == ACTION_STAGE:
+            args.update(action_train_args(lambda elem_id: data[self.manager.get_elem_by_id(elem_id)]))
+
+        return args
+
+    return _parse_train_args
+
+
+def _parse_eval_args_wrapper(original: Callable) -> Callable:
+    r"""Upstream hard-codes ``stage: sft``; a checkpoint holding an action head is evaluated as action_cls."""
+
+    def _parse_eval_args(self, data):
+        from .webui.control import action_eval_args
+
+        args = original(self, data)
+        return action_eval_args(args) or args
+
+    return _parse_eval_args
+
+
+def _list_datasets_wrapper(original: Callable) -> Callable:
+    r"""For the action_cls stage, the Train tab lists the datasets whose examples carry action labels."""
+
+    def list_datasets(dataset_dir=None, training_stage=None):
+        import gradio as gr
+        from llamafactory.extras.constants import TRAINING_STAGES
+        from llamafactory.webui.common import DEFAULT_DATA_DIR
+
+        from .webui.control import list_action_datasets
+
+        if training_stage is None or TRAINING_STAGES.get(training_stage) != ACTION_STAGE:
+            return original(dataset_dir) if training_stage is None else original(dataset_dir, training_stage)
+
+        return gr.Dropdown(choices=list_action_datasets(dataset_dir if dataset_dir is not None else DEFAULT_DATA_DIR))
+
+    return list_datasets
+
+
+def register_webui() -> None:
+    r"""Offer ``action_cls`` in LLaMA Board (``llamafactory-cli webui``). Safe to call any number of times."""
+    global _webui_registered
+    if _webui_registered:
+        return
+
+    register()
+    self_check(WEBUI_REQUIRED_NAMES)
+    from llamafactory.extras.constants import TRAINING_STAGES
+    from llamafactory.webui import interface, locales, runner
+    from llamafactory.webui.components import train
+
+    from .webui.locales import install_locales
+
+    TRAINING_STAGES.setdefault(ACTION_STAGE_TITLE, ACTION_STAGE)  # in place: the web UI imported it by name
+    install_locales(locales.LOCALES, locales.ALERTS)
+    _patch(interface, "create_train_tab", _create_train_tab_wrapper)
+    _patch(interface, "create_eval_tab", _create_eval_tab_wrapper)
+    _patch(runner.Runner, "_parse_train_args", _parse_train_args_wrapper)
+    _patch(runner.Runner, "_parse_eval_args", _parse_eval_args_wrapper)
+    _patch(train, "list_datasets", _list_datasets_wrapper)
+    _webui_registered = True

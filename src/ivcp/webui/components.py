@@ -1,0 +1,163 @@
+"""The action_cls widgets of LLaMA Board: the Train tab's options, the Evaluate tab's results and try-it panel."""
+
+from typing import TYPE_CHECKING
+
+import gradio as gr
+from gradio.context import Context
+from llamafactory.extras.constants import TRAINING_STAGES
+from llamafactory.webui.common import get_save_dir
+from llamafactory.webui.locales import ALERTS
+
+from .. import ACTION_STAGE
+from .control import (
+    checkpoint_location,
+    load_action_results,
+    probability_chart,
+    result_markdown,
+)
+from .options import ACTION_OPTIONS, create_option_widget
+
+
+if TYPE_CHECKING:
+    from gradio.components import Component
+    from llamafactory.webui.engine import Engine
+
+    from ..inference import ActionClassifier
+
+
+class ActionTrainBox:
+    r"""The action_cls options, in an accordion of the Train tab shown only while the stage is chosen."""
+
+    def __init__(self) -> None:
+        self.tab = Context.block  # the Train tab being built
+        with gr.Accordion(open=True, visible=False) as self.accordion, gr.Row():
+            self.widgets = {option.name: create_option_widget(option) for option in ACTION_OPTIONS}
+
+    @property
+    def inputs(self) -> set["Component"]:
+        return set(self.widgets.values())
+
+    def attach(self, elem_dict: dict[str, "Component"]) -> dict[str, "Component"]:
+        r"""Place the accordion after the stage's basic settings and show it with the stage; the tab's elements."""
+        self.tab.children.remove(self.accordion)
+        self.tab.children.insert(self.tab.children.index(elem_dict["extra_tab"]), self.accordion)
+        elem_dict["training_stage"].change(
+            lambda stage: gr.Accordion(visible=TRAINING_STAGES.get(stage) == ACTION_STAGE),
+            [elem_dict["training_stage"]],
+            [self.accordion],
+            queue=False,
+        )
+        return {**elem_dict, "action_tab": self.accordion, **self.widgets}
+
+
+class TryIt:
+    r"""Classify one video with the checkpoint chosen in the top bar (the loaded model is kept for the next video)."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.classifier: ActionClassifier | None = None
+
+    def load(self, model_path: str, adapters: str | None) -> "ActionClassifier":
+        from ..inference import ActionClassifier
+        from .control import checkpoint_head
+
+        head_directory = checkpoint_head({"model_name_or_path": model_path, "adapter_name_or_path": adapters})
+        if head_directory is None:
+            raise LookupError
+
+        if self.key != (model_path, adapters):
+            self.classifier = None  # free the previous model first
+            self.classifier = ActionClassifier.from_pretrained(
+                model_path, adapter=adapters, action_decoder_path=head_directory
+            )
+            self.key = (model_path, adapters)
+
+        return self.classifier
+
+    def classify(
+        self,
+        lang: str,
+        model_name: str,
+        model_path: str,
+        finetuning_type: str,
+        checkpoint_path: str | list[str] | None,
+        video: str | None,
+        video_path: str,
+        top_k: int,
+    ):
+        video = video or (video_path or "").strip()
+        if not video:
+            raise gr.Error(ALERTS["err_action_no_video"][lang])
+
+        try:
+            classifier = self.load(*checkpoint_location(model_name, model_path, finetuning_type, checkpoint_path))
+        except LookupError:
+            raise gr.Error(ALERTS["err_action_no_head"][lang]) from None
+
+        try:
+            result = classifier.predict(video, top_k=int(top_k))
+        except (OSError, ValueError) as err:
+            raise gr.Error(f"{video}: {err}") from err
+
+        return probability_chart(result["top_k"]), result_markdown(result, ALERTS["info_action_top_class"][lang])
+
+
+def create_action_eval_box(engine: "Engine", elem_dict: dict[str, "Component"]) -> dict[str, "Component"]:
+    r"""Below the Evaluate tab's output: the results of an action_cls run, then the try-it panel; the new elements.
+
+    The results (accuracy, top-k accuracy, macro-F1, confusion matrix) are read from the run's output folder.
+    """
+    get = engine.manager.get_elem_by_id
+    top = [get("top.lang"), get("top.model_name"), get("top.model_path"), get("top.finetuning_type")]
+    top.append(get("top.checkpoint_path"))
+
+    with gr.Row():
+        metrics = gr.Markdown(visible=False)
+        confusion_matrix = gr.Image(visible=False, interactive=False, type="pil")
+
+    with gr.Accordion(open=True) as try_tab:
+        with gr.Row():
+            video = gr.Video(sources=["upload"], scale=2)
+            with gr.Column(scale=1):
+                video_path = gr.Textbox()
+                top_k = gr.Slider(minimum=1, maximum=20, value=5, step=1)
+                classify_btn = gr.Button(variant="primary")
+
+        with gr.Row():
+            plot = gr.Plot()
+            result = gr.Markdown()
+
+    def show_results(model_name: str, finetuning_type: str, output_dir: str):
+        found = (
+            None
+            if engine.runner.running or not model_name
+            else load_action_results(get_save_dir(model_name, finetuning_type, output_dir))
+        )
+        if found is None:
+            return gr.Markdown(visible=False), gr.Image(visible=False)
+
+        from PIL import Image
+
+        table, matrix_path = found
+        return gr.Markdown(table, visible=True), gr.Image(
+            Image.open(matrix_path) if matrix_path else None, visible=matrix_path is not None
+        )
+
+    elem_dict["output_box"].change(
+        show_results,
+        [get("top.model_name"), get("top.finetuning_type"), elem_dict["output_dir"]],
+        [metrics, confusion_matrix],
+        queue=False,
+    )
+    classify_btn.click(TryIt().classify, [*top, video, video_path, top_k], [plot, result])
+    return dict(
+        action_eval_metrics=metrics,
+        action_confusion_matrix=confusion_matrix,
+        action_try_tab=try_tab,
+        action_try_video=video,
+        action_try_path=video_path,
+        action_try_top_k=top_k,
+        action_try_btn=classify_btn,
+        action_try_plot=plot,
+        action_try_result=result,
+    )
