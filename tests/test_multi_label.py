@@ -201,9 +201,12 @@ def test_classifier_equals_the_trainer_and_keeps_the_heads_rule(tiny_model, obje
         for ours, theirs in zip(result["classes"], record["classes"]):
             assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
 
-    main(
-        ["classify", videos[1], "--model", str(output_dir), "--prompt", PROMPT, "--output", str(tmp_path / "p.jsonl")]
-    )
+    with pytest.raises(SystemExit) as exit_info:  # `ivcp classify` exits 1 when a file failed, 0 here
+        main(
+            ["classify", videos[1], "--model", str(output_dir), "--prompt", PROMPT]
+            + ["--output", str(tmp_path / "p.jsonl")]
+        )
+    assert exit_info.value.code == 0
     line = json.loads((tmp_path / "p.jsonl").read_text())
     assert line["predicted"] == records[1]["predicted"] and "top_k" not in line
 
