@@ -16,6 +16,7 @@ from .. import DEFAULT_PROMPT
 from ..model.action_decoder import ACTION_TOKEN
 from .context import ActionDataError, MediaSupportError, describe_example
 from .converter import INDEX_FIELD, LABEL_FIELD, SOURCE_FIELD
+from .video_reader import VideoReadError
 from .videos import check_video
 
 
@@ -113,8 +114,10 @@ class ActionDatasetProcessor(DatasetProcessor):
         if videos:
             self._check_video_support()
 
+        video_fps = getattr(self.processor, "video_fps", 2.0)  # the plugin's own defaults
+        video_maxlen = getattr(self.processor, "video_maxlen", 128)
         for video in videos:
-            check_video(video, where, self.data_args.media_dir, decode=self.decode_videos)
+            check_video(video, where, self.data_args.media_dir, video_fps, video_maxlen, decode=self.decode_videos)
 
         try:
             messages = self.template.mm_plugin.process_messages(
@@ -123,9 +126,13 @@ class ActionDatasetProcessor(DatasetProcessor):
             input_ids, _ = self.template.mm_plugin.process_token_ids(
                 [], [], images, videos, audios, self.tokenizer, self.processor
             )
-        except Exception as err:  # PyAV / PIL / plugin errors: say which example and which files
+        except VideoReadError as err:
+            raise ActionDataError(f"{where} has {err}", kind=err.kind) from err
+        except Exception as err:  # PIL / processor / plugin errors: say which example and which files
             raise ActionDataError(
-                f"{where} could not be processed (videos: {videos}, images: {images}): {err}", kind="video unreadable"
+                f"{where} could not be processed by the model's processor (videos: {videos}, images: {images}): "
+                f"{type(err).__name__}: {err}",
+                kind="media processing failed",
             ) from err
 
         prompt_ids, _ = self.template.encode_oneturn(self.tokenizer, messages, example["_system"], example["_tools"])
