@@ -34,6 +34,8 @@ REQUIRED_NAMES = {
     "llamafactory.data.converter": ["get_dataset_converter", "DatasetConverter"],
     "llamafactory.data.parser": ["DatasetAttr"],
     "llamafactory.data.collator": ["MultiModalDataCollatorForSeq2Seq"],
+    "llamafactory.data.mm_plugin": ["MMPluginMixin", "Qwen2VLPlugin"],  # subclassed by data/video_plugin.py
+    "llamafactory.data.template": ["TEMPLATES"],
     "llamafactory.data.processor.processor_utils": ["DatasetProcessor"],
     "llamafactory.model.model_utils.embedding": ["resize_embedding_layer"],
     "llamafactory.train.callbacks": ["LogCallback", "ReporterCallback", "SaveProcessorCallback"],
@@ -57,8 +59,14 @@ def self_check() -> None:
 
         missing += [f"{module_name}.{name}" for name in names if not hasattr(module, name)]
 
-    if not hasattr(llamafactory.data.parser.DatasetAttr, "join"):
-        missing.append("llamafactory.data.parser.DatasetAttr.join")
+    for owner, method in (
+        ("llamafactory.data.parser.DatasetAttr", "join"),
+        ("llamafactory.data.mm_plugin.MMPluginMixin", "_regularize_videos"),
+        ("llamafactory.data.mm_plugin.Qwen2VLPlugin", "_get_qwen_video_stream_metadata"),
+    ):
+        module_name, class_name = owner.rsplit(".", 1)
+        if not hasattr(getattr(sys.modules.get(module_name), class_name, None), method):
+            missing.append(f"{owner}.{method}")
 
     if missing:
         raise RuntimeError(

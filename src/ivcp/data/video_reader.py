@@ -92,7 +92,7 @@ def _declared_duration(container: "av.container.InputContainer", stream: "av.vid
 
 def _first_frame_rotation(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream") -> int:
     for frame in container.decode(stream):
-        return int(round(frame.rotation / 90.0)) * 90 % 360 if frame.rotation else 0
+        return round(frame.rotation / 90.0) * 90 % 360 if frame.rotation else 0
     return 0
 
 
@@ -120,7 +120,9 @@ def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int
             last_duration = packet.duration or last_duration
 
         if not pts:
-            raise VideoReadError(f"{path!r}, which PyAV cannot read, has a video stream without frames: {REENCODE_HINT}.")
+            raise VideoReadError(
+                f"{path!r}, which PyAV cannot read, has a video stream without frames: {REENCODE_HINT}."
+            )
 
         has_pts = all(timestamp is not None for timestamp in pts) and len(set(pts)) == len(pts)
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0

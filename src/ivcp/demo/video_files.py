@@ -1,5 +1,7 @@
-"""Video files of the kinds users bring (XviD/MJPEG avi with MP3, H.264 mp4/mkv with B-frames, VP9 webm, MPEG-2 ts,
-variable frame rate, phone rotation, truncated), written with PyAV, for the reader's tests and benchmark.
+"""Video files of the kinds users bring, written with PyAV, for the reader's tests and benchmark.
+
+XviD/MJPEG avi with MP3, H.264 mp4/mkv with B-frames, VP9 webm, MPEG-2 ts, variable frame rate, phone rotation,
+truncated.
 
 PyAV cannot write a display matrix or a wrong header, so :func:`rotate_mp4` patches the ``tkhd`` box the way phones
 write it and :func:`announce_extra_avi_frames` raises the AVI header's frame count the way some muxers do.

@@ -46,7 +46,9 @@ def load_action_tokenizer(
     """
     tokenizer_module = load_tokenizer(model_args)
     add_action_token(tokenizer_module["tokenizer"])
-    return tokenizer_module, with_video_reader(get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args))
+    return tokenizer_module, with_video_reader(
+        get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    )
 
 
 def _gathered(*params: torch.nn.Parameter):
