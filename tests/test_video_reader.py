@@ -180,3 +180,56 @@ def test_show_frames_prints_the_samples_and_draws_a_sheet(wild_videos, tmp_path,
     assert webm["frame_size"] == [64, 96] and webm["rotation"] == 0
     assert rotated["frame_size"] == [96, 64] and rotated["rotation"] == 270
     assert sorted(path.name for path in (tmp_path / "sheets").iterdir()) == ["rotated.mp4.png", "vp9.webm.png"]
+
+
+def _late_colour_clip(path: Path, label: int, seed: int) -> None:
+    r"""40 frames (4 s): a random colour for 3 s, then red (class 0) or blue (class 1) for the last second."""
+    start = np.random.default_rng(seed).integers(0, 256, size=3)
+    late = (220, 30, 30) if label == 0 else (30, 30, 220)
+
+    def content(index: int, height: int, width: int) -> np.ndarray:
+        return np.broadcast_to(np.array(start if index < 30 else late, dtype=np.uint8), (height, width, 3)).copy()
+
+    write_video(str(path), "libvpx-vp9", "webm", num_frames=40, size=(64, 64), fps=10, content=content)
+
+
+def test_classes_seen_only_at_the_end_of_webm_clips_are_learned(tiny_model, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for split, count, offset in (("late_train", 16, 0), ("late_test", 8, 100)):
+        labels = [i % 2 for i in range(count)]
+        videos = [data_dir / f"{split}_{i}.webm" for i in range(count)]
+        for i, (video, label) in enumerate(zip(videos, labels)):
+            _late_colour_clip(video, label, seed=offset + i)
+        _dataset(data_dir, split, videos, labels)
+
+    with av.open(str(data_dir / "late_test_0.webm")) as container:  # what LLaMA-Factory 0.9.5 would sample
+        stream = container.streams.video[0]
+        plugin = Qwen2VLPlugin(image_token="<|image_pad|>", video_token="<|video_pad|>", audio_token=None)
+        assert max(plugin._get_video_sample_indices(stream, video_fps=2.0, video_maxlen=8)) < 30  # never the end
+    assert plan_video(data_dir / "late_test_0.webm", 2.0, 8).sample_indices[-2:] == (33, 39)
+
+    config = base_config(tiny_model, str(data_dir), str(tmp_path / "out"), dataset="late_train")
+    del config["video_fps"]  # LLaMA-Factory's default, 2 frames a second
+    del config["max_steps"]
+    config.update(
+        eval_dataset="late_test",
+        do_eval=True,
+        video_maxlen=8,
+        num_action_classes=2,
+        finetuning_type="full",
+        freeze_vision_tower=False,
+        freeze_multi_modal_projector=False,
+        freeze_language_model=True,
+        learning_rate=3.0e-3,
+        num_train_epochs=15,
+        per_device_train_batch_size=8,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.05,
+        save_strategy="no",
+        disable_gradient_checkpointing=True,
+        plot_loss=False,
+    )
+    run_cli(config, tmp_path)
+    metrics = read_json(tmp_path / "out" / "eval_results.json")
+    assert metrics["eval_accuracy"] >= 0.875, metrics  # chance is 0.5 on the 8 held-out clips

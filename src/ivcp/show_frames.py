@@ -109,7 +109,7 @@ def write_sheet(path: str, info: dict[str, Any], frames: list) -> None:
             axis.set_title(f"#{index}  {time:.2f} s" + (" (repeat)" if i >= len(labels) else ""), fontsize=8)
     figure.suptitle(
         f"{os.path.basename(info['video'])}: {len(labels)} of {info['frames_in_file']} frames, "
-        f"{info['duration']:.2f} s, rotation {info['rotation']}",
+        f"{info['duration']:.2f} s, display rotation {info['rotation']} degrees counterclockwise",
         fontsize=9,
     )
     figure.tight_layout()
