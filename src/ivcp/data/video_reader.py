@@ -215,25 +215,35 @@ def _missing(plan: VideoPlan, frames: list) -> list[int]:
     return [index for index, frame in zip(plan.sample_indices, frames) if frame is None]
 
 
+def _decode_by_index(container, stream, plan: VideoPlan) -> list["av.VideoFrame | None"]:
+    r"""Count frames in decoding order (for streams without timestamps), up to the last sample."""
+    wanted, last, by_index = set(plan.sample_indices), plan.sample_indices[-1], {}
+    for index, frame in enumerate(container.decode(stream)):
+        if index in wanted:
+            by_index[index] = frame
+        if index >= last:
+            break
+    return [by_index.get(index) for index in plan.sample_indices]
+
+
 def _decode_samples(plan: VideoPlan) -> list["av.VideoFrame | None"]:
-    r"""The sampled frames, None where the decoder gives none; a seek that lands wrong falls back to no seeking."""
-    for seek in (True, False) if plan.keyframe_pts else (False,):
+    r"""The sampled frames, None where the decoder gives none.
+
+    A seek that lands wrong (some demuxers seek coarsely) falls back to decoding from the start, and frames without
+    timestamps to counting frames.
+    """
+    attempts = ["seek", "pts", "index"] if plan.keyframe_pts else ["pts", "index"]
+    for mode in attempts if plan.sample_pts[0] is not None else ["index"]:
         with _open(plan.path) as container:
             stream = _video_stream(container, plan.path)
             stream.thread_type = "AUTO"
-            if plan.sample_pts[0] is None:  # no timestamps: count frames in decoding order
-                wanted, last, by_index = set(plan.sample_indices), plan.sample_indices[-1], {}
-                for index, frame in enumerate(container.decode(stream)):
-                    if index in wanted:
-                        by_index[index] = frame
-                    if index >= last:
-                        break
-                return [by_index.get(index) for index in plan.sample_indices]
-
-            found = _decode_by_pts(container, stream, plan, seek)
-            frames = [found.get(pts) for pts in plan.sample_pts]
-            if not _missing(plan, frames):
-                break
+            if mode == "index":
+                frames = _decode_by_index(container, stream, plan)
+            else:
+                found = _decode_by_pts(container, stream, plan, seek=mode == "seek")
+                frames = [found.get(pts) for pts in plan.sample_pts]
+        if not _missing(plan, frames):
+            break
     return frames
 
 
