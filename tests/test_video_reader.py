@@ -233,3 +233,16 @@ def test_classes_seen_only_at_the_end_of_webm_clips_are_learned(tiny_model, tmp_
     run_cli(config, tmp_path)
     metrics = read_json(tmp_path / "out" / "eval_results.json")
     assert metrics["eval_accuracy"] >= 0.875, metrics  # chance is 0.5 on the 8 held-out clips
+
+
+def test_only_the_action_cls_template_gets_the_reader():
+    from llamafactory.data.template import TEMPLATES
+
+    from ivcp.data.video_plugin import VideoReaderMixin, with_video_reader
+
+    shared = TEMPLATES["qwen2_vl"]
+    plugin_class = type(shared.mm_plugin)
+    template = with_video_reader(shared)
+    assert isinstance(template.mm_plugin, VideoReaderMixin) and isinstance(template.mm_plugin, plugin_class)
+    assert type(shared.mm_plugin) is plugin_class and not isinstance(shared.mm_plugin, VideoReaderMixin)
+    assert with_video_reader(template).mm_plugin.__class__ is template.mm_plugin.__class__  # idempotent
