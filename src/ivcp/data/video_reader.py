@@ -202,7 +202,7 @@ def _decode_by_pts(container, stream, plan: VideoPlan, seek: bool) -> dict[int, 
             frames = container.decode(stream)
         for frame in frames:
             position = frame.pts if frame.pts is not None else position
-            if frame.pts in wanted:
+            if frame.pts in wanted and frame.pts not in found:  # not an open GOP's broken leading frame
                 found[frame.pts] = frame
             if frame.pts is not None and frame.pts >= target:
                 break
