@@ -11,6 +11,10 @@
     ivcp classify --model Qwen/Qwen2-VL-2B-Instruct --adapter output/action_cls_model clip1.mp4 clip2.mp4
     ivcp classify --model output/full_model --video_list videos.txt --output predictions.jsonl --top_k 5
 
+``ivcp show-frames``: which frames of each video the model sees (``--json``, ``--sheet DIR``).
+
+    ivcp show-frames clip.webm phone.mp4 --template qwen2_vl --video_fps 2 --video_maxlen 16 --json --sheet sheets/
+
 For a whole registered dataset (with labels and metrics), use ``llamafactory-cli train it.yaml --do_train false
 --do_predict true``: it writes predictions.jsonl and the confusion matrix.
 """
@@ -22,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from . import DEFAULT_PROMPT
+from . import DEFAULT_PROMPT, show_frames
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -142,11 +146,14 @@ def main(argv: list[str] | None = None) -> None:
         help="LLaMA-Factory model/data arguments, e.g. video_fps=2",
     )
     _add_check_data(commands)
+    show_frames.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "classify":
         sys.exit(_classify(args))
     elif args.command == "check-data":
         sys.exit(_check_data(args))
+    elif args.command == "show-frames":
+        sys.exit(show_frames.show_frames(args))
 
 
 if __name__ == "__main__":

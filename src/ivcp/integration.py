@@ -32,14 +32,20 @@ REQUIRED_NAMES = {
     "llamafactory.hparams.parser": ["_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS", "read_args", "FinetuningArguments"],
     "llamafactory.data.loader": ["align_dataset", "_get_dataset_processor", "_get_merged_dataset", "get_dataset"],
     "llamafactory.data.converter": ["get_dataset_converter", "DatasetConverter"],
-    "llamafactory.data.parser": ["DatasetAttr"],
+    "llamafactory.data.parser": ["DatasetAttr", "DatasetAttr.join"],
     "llamafactory.data.collator": ["MultiModalDataCollatorForSeq2Seq"],
+    "llamafactory.data.mm_plugin": [  # the reader subclasses the plugins (data/video_plugin.py); processor fix
+        "MMPluginMixin._regularize_videos",
+        "Qwen2VLPlugin._get_qwen_video_stream_metadata",
+        "LlavaNextVideoPlugin",
+        "VideoLlavaPlugin",
+    ],
+    "llamafactory.data.template": ["TEMPLATES"],
     "llamafactory.data.processor.processor_utils": ["DatasetProcessor"],
     "llamafactory.model.model_utils.embedding": ["resize_embedding_layer"],
     "llamafactory.model.loader": ["init_adapter"],
     "llamafactory.train.callbacks": ["LogCallback", "ReporterCallback", "SaveProcessorCallback"],
     "llamafactory.train.trainer_utils": ["create_custom_optimizer", "create_custom_scheduler"],
-    "llamafactory.data.mm_plugin": ["MMPluginMixin", "LlavaNextVideoPlugin", "VideoLlavaPlugin"],
     "llamafactory.api.app": ["run_api"],
 }
 
@@ -82,9 +88,6 @@ def self_check(required_names: dict[str, list[str]] | None = None) -> None:
             continue
 
         missing += [f"{module_name}.{name}" for name in names if not _has_attribute(module, name)]
-
-    if required_names is None and not hasattr(llamafactory.data.parser.DatasetAttr, "join"):
-        missing.append("llamafactory.data.parser.DatasetAttr.join")
 
     if missing:
         raise RuntimeError(

@@ -84,6 +84,11 @@ def media_error(err: Exception, where: str, media: list[str] | str) -> ActionDat
 
     import av
 
+    from .video_reader import VideoReadError
+
+    if isinstance(err, VideoReadError):  # the reader's own verdict: it names the file, the cause and the fix
+        return ActionDataError(f"{where} has {err}", kind=err.kind)
+
     if isinstance(err, StopIteration):
         return ActionDataError(f"{where} has {media}, which holds no video stream.", kind="video unreadable")
 

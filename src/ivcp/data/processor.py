@@ -159,8 +159,10 @@ class ActionDatasetProcessor(DatasetProcessor):
         if videos:
             self._check_video_support()
 
+        video_fps = getattr(self.processor, "video_fps", 2.0)  # the plugin's own defaults
+        video_maxlen = getattr(self.processor, "video_maxlen", 128)
         for video in videos:
-            check_video(video, where, self.data_args.media_dir, decode=self.decode_videos)
+            check_video(video, where, self.data_args.media_dir, video_fps, video_maxlen, decode=self.decode_videos)
 
         try:
             messages = self.template.mm_plugin.process_messages(

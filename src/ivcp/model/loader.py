@@ -11,6 +11,7 @@ from llamafactory.model.model_utils.embedding import resize_embedding_layer
 from peft import PeftModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from ..data.video_plugin import with_video_reader
 from ..integration import action_processor
 from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head, load_head_config
 from .action_model import ActionClassificationModel
@@ -43,11 +44,16 @@ def add_action_token(tokenizer: "PreTrainedTokenizer") -> int:
 def load_action_tokenizer(
     model_args: "ModelArguments", data_args: "DataArguments"
 ) -> tuple["TokenizerModule", "Template"]:
-    r"""LLaMA-Factory's tokenizer and processor with ``<ACTION>`` registered, and the fixed chat template."""
+    r"""LLaMA-Factory's tokenizer and processor with ``<ACTION>`` registered, and the fixed chat template.
+
+    The template's mm_plugin reads videos with IVCP's reader, so token counting and the collator share one decision.
+    """
     tokenizer_module = load_tokenizer(model_args)
     add_action_token(tokenizer_module["tokenizer"])
     tokenizer_module["processor"] = action_processor(tokenizer_module["processor"])
-    return tokenizer_module, get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    return tokenizer_module, with_video_reader(
+        get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    )
 
 
 def _gathered(*params: torch.nn.Parameter):

@@ -1,0 +1,266 @@
+"""One video reader that decides, for every file, which frames the model sees, and decodes only those.
+
+LLaMA-Factory 0.9.5 trusts the container header: without a frame count (mkv, webm, ts, mpg, wmv) it takes the
+first ``video_maxlen`` frames and counts tokens for that many, which crashes the batch of a shorter file and shows
+a long one through its first second; and it decodes the whole stream to keep a few frames. Here the real frame
+count and duration come from demuxing the stream (no decoding), the samples span the whole clip with LLaMA-Factory's
+own rule (``video_fps`` frames a second, at most ``video_maxlen``, evenly spaced), the display matrix is applied,
+and decoding stops after the last sample, seeking to the keyframe before a sample when that skips frames.
+:class:`VideoPlan` is the decision; token counting and the collator both take it from :func:`plan_video`, so they
+cannot disagree.
+"""
+
+import bisect
+import math
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import av
+import numpy as np
+from llamafactory.extras import logging
+
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+
+logger = logging.get_logger(__name__)
+
+HEADER_TOLERANCE = 2  # frames a header may announce beyond those in the stream (AVI muxers add empty chunks)
+REENCODE_HINT = "re-encode it (e.g. `ffmpeg -i in.mp4 -c:v libx264 out.mp4`) or remove it"
+
+
+class VideoReadError(ValueError):
+    r"""A video file the reader cannot use; the message names the file, the cause and the fix."""
+
+    def __init__(self, message: str, kind: str = "video unreadable") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    r"""Which frames of ``path`` the model sees, in presentation order, and how they are shown."""
+
+    path: str
+    frames_in_file: int  # frames in the stream (demuxed, one non-empty packet per frame)
+    header_frames: int  # the container header's count, 0 when it has none
+    duration: float  # seconds, from the stream's timestamps
+    average_fps: float  # frames_in_file / duration
+    rotation: int  # degrees counterclockwise of the display matrix (phones: -90, 90, 180)
+    frame_size: tuple[int, int]  # (height, width) handed to the processor, after rotation
+    sample_indices: tuple[int, ...]
+    timestamps: tuple[float, ...]  # seconds from the first frame
+    sample_pts: tuple[int | None, ...]  # stream timestamps of the samples (None: the container has none)
+    keyframe_pts: tuple[int, ...]  # sorted keyframe timestamps (empty: no seeking)
+
+    def summary(self) -> dict[str, Any]:
+        r"""What ``ivcp show-frames --json`` prints."""
+        info = asdict(self)
+        for name in ("sample_pts", "keyframe_pts", "sample_indices"):
+            info.pop(name)
+        info["video"] = info.pop("path")
+        info["sampled_frames"] = list(self.sample_indices)
+        info["timestamps"] = [round(t, 4) for t in self.timestamps]
+        info["frame_size"] = list(self.frame_size)
+        return info
+
+
+def sample_indices(total_frames: int, duration: float, video_fps: float, video_maxlen: int) -> list[int]:
+    r"""LLaMA-Factory's rule (``_get_video_sample_indices``), applied to the real frame count and duration."""
+    sample_frames = max(1, math.floor(duration * video_fps))
+    sample_frames = min(total_frames, video_maxlen, sample_frames)
+    return np.linspace(0, total_frames - 1, sample_frames).astype(np.int32).tolist()
+
+
+def _video_stream(container: "av.container.InputContainer", path: str) -> "av.video.stream.VideoStream":
+    stream = next((stream for stream in container.streams if stream.type == "video"), None)
+    if stream is None:
+        raise VideoReadError(f"{path!r} holds no video stream: {REENCODE_HINT}.")
+    return stream
+
+
+def _declared_duration(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream") -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def _first_frame_rotation(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream") -> int:
+    for frame in container.decode(stream):
+        return round(frame.rotation / 90.0) * 90 % 360 if frame.rotation else 0
+    return 0
+
+
+def _open(path: str) -> "av.container.InputContainer":
+    try:
+        return av.open(path, "r")
+    except (av.FFmpegError, OSError) as err:
+        raise VideoReadError(f"{path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
+
+
+@lru_cache(maxsize=65536)
+def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int) -> VideoPlan:
+    r"""``stamp`` (size, mtime) keys the cache so that a file changed on disk is read again."""
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        pts, keyframes, last_duration = [], [], 0
+        for packet in container.demux(stream):
+            if packet.size == 0:  # flush packets and empty AVI interleave chunks carry no frame
+                continue
+            timestamp = packet.pts if packet.pts is not None else packet.dts
+            pts.append(timestamp)
+            if packet.is_keyframe and timestamp is not None:
+                keyframes.append(timestamp)
+            last_duration = packet.duration or last_duration
+
+        if not pts:
+            raise VideoReadError(
+                f"{path!r}, which PyAV cannot read, has a video stream without frames: {REENCODE_HINT}."
+            )
+
+        has_pts = all(timestamp is not None for timestamp in pts) and len(set(pts)) == len(pts)
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        time_base = float(stream.time_base) if stream.time_base else 1.0 / rate
+        if has_pts:
+            pts.sort()
+            frame_span = last_duration * time_base if last_duration else 1.0 / rate
+            duration = (pts[-1] - pts[0]) * time_base + frame_span
+            timestamps = [(timestamp - pts[0]) * time_base for timestamp in pts]
+        else:
+            duration = len(pts) / rate
+            timestamps = [i / rate for i in range(len(pts))]
+
+        total, announced, declared = len(pts), stream.frames, _declared_duration(container, stream)
+        frame_time, declared_text = duration / total, f"{declared:.2f} s"
+        if announced > total + HEADER_TOLERANCE or declared - duration > max(3 * frame_time, 0.05 * declared):
+            raise VideoReadError(
+                f"{path!r}, which PyAV cannot read to its end: the stream stops after {total} frames "
+                f"({duration:.2f} s) of the {announced or declared_text} its header announces (a truncated or "
+                f"damaged file): {REENCODE_HINT}.",
+            )
+        if announced and announced != total:
+            logger.info(f"{path}: the header counts {announced} frames, the stream holds {total}; using {total}.")
+
+        container.seek(0)
+        rotation = _first_frame_rotation(container, stream)
+    except av.FFmpegError as err:
+        raise VideoReadError(f"{path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
+    finally:
+        container.close()
+
+    indices = sample_indices(total, duration, video_fps, video_maxlen)
+    height, width = stream.height, stream.width
+    if rotation in (90, 270):
+        height, width = width, height
+    return VideoPlan(
+        path=path,
+        frames_in_file=total,
+        header_frames=announced,
+        duration=duration,
+        average_fps=total / duration,
+        rotation=rotation,
+        frame_size=(height, width),
+        sample_indices=tuple(indices),
+        timestamps=tuple(timestamps[i] for i in indices),
+        sample_pts=tuple(pts[i] for i in indices) if has_pts else (None,) * len(indices),
+        keyframe_pts=tuple(sorted(keyframes)) if has_pts else (),
+    )
+
+
+def plan_video(path: str | os.PathLike, video_fps: float, video_maxlen: int) -> VideoPlan:
+    r"""The frames of ``path`` the model sees at these settings; raises :class:`VideoReadError` naming the file."""
+    path = os.fspath(path)
+    try:
+        status = os.stat(path)
+    except OSError as err:
+        raise VideoReadError(f"{path!r} cannot be read ({err}): fix the path.", kind="video missing") from err
+
+    return _plan(path, (status.st_size, status.st_mtime_ns), float(video_fps), int(video_maxlen))
+
+
+def _upright(frame: "av.VideoFrame", rotation: int) -> "Image":
+    image = frame.to_image()  # converts (libswscale) only the sampled frames
+    return image.rotate(rotation, expand=True) if rotation else image
+
+
+def _decode_by_pts(container, stream, plan: VideoPlan, seek: bool) -> dict[int, "av.VideoFrame"]:
+    r"""Decode up to the last sample; with ``seek``, jump to a sample's keyframe when that skips frames."""
+    wanted, found, position = set(plan.sample_pts), {}, None
+    keyframes, frames = plan.keyframe_pts, container.decode(stream)
+    for target in plan.sample_pts:
+        if target in found:
+            continue
+        slot = bisect.bisect_right(keyframes, target) - 1
+        if seek and position is not None and slot >= 0 and keyframes[slot] > position:
+            container.seek(keyframes[slot], stream=stream)
+            frames = container.decode(stream)
+        for frame in frames:
+            position = frame.pts if frame.pts is not None else position
+            if frame.pts in wanted and frame.pts not in found:  # not an open GOP's broken leading frame
+                found[frame.pts] = frame
+            if frame.pts is not None and frame.pts >= target:
+                break
+        else:  # end of the stream
+            break
+    return found
+
+
+def _missing(plan: VideoPlan, frames: list) -> list[int]:
+    return [index for index, frame in zip(plan.sample_indices, frames) if frame is None]
+
+
+def _decode_by_index(container, stream, plan: VideoPlan) -> list["av.VideoFrame | None"]:
+    r"""Count frames in decoding order (for streams without timestamps), up to the last sample."""
+    wanted, last, by_index = set(plan.sample_indices), plan.sample_indices[-1], {}
+    for index, frame in enumerate(container.decode(stream)):
+        if index in wanted:
+            by_index[index] = frame
+        if index >= last:
+            break
+    return [by_index.get(index) for index in plan.sample_indices]
+
+
+def _decode_samples(plan: VideoPlan) -> list["av.VideoFrame | None"]:
+    r"""The sampled frames, None where the decoder gives none.
+
+    A seek that lands wrong (some demuxers seek coarsely) falls back to decoding from the start, and frames without
+    timestamps to counting frames.
+    """
+    attempts = ["seek", "pts", "index"] if plan.keyframe_pts else ["pts", "index"]
+    for mode in attempts if plan.sample_pts[0] is not None else ["index"]:
+        with _open(plan.path) as container:
+            stream = _video_stream(container, plan.path)
+            stream.thread_type = "AUTO"
+            if mode == "index":
+                frames = _decode_by_index(container, stream, plan)
+            else:
+                found = _decode_by_pts(container, stream, plan, seek=mode == "seek")
+                frames = [found.get(pts) for pts in plan.sample_pts]
+        if not _missing(plan, frames):
+            break
+    return frames
+
+
+def read_frames(plan: VideoPlan) -> list["Image"]:
+    r"""The sampled frames of ``plan`` as upright RGB images, identical to those of a full sequential decode."""
+    try:
+        frames = _decode_samples(plan)
+        missing = _missing(plan, frames)
+        if missing and (frames[0] is None or missing[0] < plan.frames_in_file - HEADER_TOLERANCE):
+            raise VideoReadError(
+                f"{plan.path!r}, which PyAV cannot read: frame(s) {missing[:5]} of its {plan.frames_in_file} "
+                f"do not decode (a truncated or damaged file): {REENCODE_HINT}.",
+            )
+        if missing:  # the decoder drops the last frame or two of some AVI files: show the last one that decodes
+            logger.info(f"{plan.path}: the last frame(s) {missing} do not decode; repeating the frame before.")
+            frames = [frame or next(f for f in frames[i::-1] if f is not None) for i, frame in enumerate(frames)]
+
+        return [_upright(frame, plan.rotation) for frame in frames]
+    except av.FFmpegError as err:
+        raise VideoReadError(f"{plan.path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
