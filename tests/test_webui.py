@@ -14,7 +14,9 @@ import yaml
 
 import ivcp
 from ivcp import integration
+from ivcp.data.video_reader import plan_video
 from ivcp.demo.motion_videos import DIRECTIONS
+from ivcp.model.action_decoder import load_head_config
 
 from .conftest import read_json, start_command
 
@@ -173,6 +175,12 @@ def _drive_board(page, url: str, work_dir: Path, tiny_model: str, motion_data: s
     top_class = page.get_by_text(re.compile(r"^Top class: ")).filter(visible=True)
     expect(top_class).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
     assert top_class.inner_text().split(": ", 1)[1].split(" (")[0] == first["predicted_name"]
+    # the sampled frames: the training reader's choice at the head's saved settings, each captioned
+    clip = str(Path(motion_data) / first["videos"][0])
+    preprocessing = load_head_config(str(run_dir))["preprocessing"]
+    plan = plan_video(clip, preprocessing["video_fps"], preprocessing["video_maxlen"])
+    for index, seconds in zip(plan.sample_indices, plan.timestamps):
+        expect(page.get_by_text(f"#{index} {seconds:.2f} s", exact=True).first).to_be_attached()
     page.get_by_text("Try the action classifier", exact=True).scroll_into_view_if_needed()
     page.get_by_text("Try the action classifier", exact=True).locator(
         "xpath=ancestor::div[contains(@class,'block')][1]"

@@ -14,6 +14,8 @@ from .control import (
     load_action_results,
     probability_chart,
     result_markdown,
+    sampled_frames,
+    shown_classes,
 )
 from .options import ACTION_OPTIONS, create_option_widget
 
@@ -94,12 +96,13 @@ class TryIt:
         except LookupError:
             raise gr.Error(ALERTS["err_action_no_head"][lang]) from None
 
-        try:
-            result = classifier.predict(video, top_k=int(top_k))
-        except (OSError, ValueError) as err:
-            raise gr.Error(f"{video}: {err}") from err
+        result = classifier.predict(video, top_k=int(top_k))
+        if "error" in result:
+            raise gr.Error(result["error"])
 
-        return probability_chart(result["top_k"]), result_markdown(result, ALERTS["info_action_top_class"][lang])
+        classes = shown_classes(result)
+        frames = sampled_frames(video, *classifier.video_settings)
+        return probability_chart(classes), result_markdown(classes, ALERTS["info_action_top_class"][lang]), frames
 
 
 def create_action_eval_box(engine: "Engine", elem_dict: dict[str, "Component"]) -> dict[str, "Component"]:
@@ -127,6 +130,8 @@ def create_action_eval_box(engine: "Engine", elem_dict: dict[str, "Component"]) 
             plot = gr.Plot()
             result = gr.Markdown()
 
+        frames = gr.Gallery(columns=8, height="auto", interactive=False)
+
     def show_results(model_name: str, finetuning_type: str, output_dir: str):
         found = (
             None
@@ -149,7 +154,7 @@ def create_action_eval_box(engine: "Engine", elem_dict: dict[str, "Component"]) 
         [metrics, confusion_matrix],
         queue=False,
     )
-    classify_btn.click(TryIt().classify, [*top, video, video_path, top_k], [plot, result])
+    classify_btn.click(TryIt().classify, [*top, video, video_path, top_k], [plot, result, frames])
     return dict(
         action_eval_metrics=metrics,
         action_confusion_matrix=confusion_matrix,
@@ -158,6 +163,7 @@ def create_action_eval_box(engine: "Engine", elem_dict: dict[str, "Component"]) 
         action_try_path=video_path,
         action_try_top_k=top_k,
         action_try_btn=classify_btn,
+        action_try_frames=frames,
         action_try_plot=plot,
         action_try_result=result,
     )

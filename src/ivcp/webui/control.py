@@ -136,16 +136,22 @@ def probability_chart(top_k: list[dict[str, Any]]) -> "Figure":
     return figure
 
 
-def result_markdown(result: dict[str, Any], title: str) -> str:
+def shown_classes(result: dict[str, Any]) -> list[dict[str, Any]]:
+    r"""The classes a result shows: the top-k of a single-label head, those above the threshold of a multi-label one."""
+    return result["top_k"] if "top_k" in result else result["classes"]
+
+
+def result_markdown(classes: list[dict[str, Any]], title: str) -> str:
     r"""The top class, then every shown class with its probability."""
-    rows = [f"| {item['class']} | {item.get('name', '')} | {item['probability']:.2%} |" for item in result["top_k"]]
-    top = result["top_k"][0]
-    return "\n".join(
-        [
-            f"**{title}: {top.get('name', top['class'])}** ({top['probability']:.2%})",
-            "",
-            "| class | name | probability |",
-            "| --- | --- | --- |",
-            *rows,
-        ]
-    )
+    rows = [f"| {item['class']} | {item.get('name', '')} | {item['probability']:.2%} |" for item in classes]
+    top = f"{classes[0].get('name', classes[0]['class'])}** ({classes[0]['probability']:.2%})" if classes else "-**"
+    return "\n".join([f"**{title}: {top}", "", "| class | name | probability |", "| --- | --- | --- |", *rows])
+
+
+def sampled_frames(video: str, video_fps: float, video_maxlen: int) -> list[tuple[Any, str]]:
+    r"""The frames the classifier saw (the training reader's choice), each captioned with its index and time."""
+    from ..data.video_reader import plan_video, read_frames
+
+    plan = plan_video(video, video_fps, video_maxlen)
+    captions = [f"#{index} {time:.2f} s" for index, time in zip(plan.sample_indices, plan.timestamps)]
+    return list(zip(read_frames(plan), captions))

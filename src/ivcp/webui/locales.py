@@ -97,6 +97,10 @@ _STRINGS: dict[str, dict[str, dict[str, Any]]] = {
         "en": {"label": "Class probabilities"},
         "zh": {"label": "类别概率"},
     },
+    "action_try_frames": {
+        "en": {"label": "Sampled frames (what the classifier saw)"},
+        "zh": {"label": "采样帧（分类器看到的画面）"},
+    },
 }
 
 _ALERTS = {
