@@ -28,6 +28,7 @@ from .conftest import base_config, read_json, run_cli, start_command, write_brok
 
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+TIMEOUT = 120  # seconds: a loaded 2-core machine answers slowly, never wrongly
 
 
 def _free_port() -> int:
@@ -192,7 +193,7 @@ def served(tiny_model, motion_data, tmp_path_factory):
 
 
 def _classify(served, body, key=True, url=None):
-    return httpx.post(f"{url or served['url']}/v1/classify", json=body, headers=AUTH if key else {}, timeout=120)
+    return httpx.post(f"{url or served['url']}/v1/classify", json=body, headers=AUTH if key else {}, timeout=TIMEOUT)
 
 
 def _assert_matches(data, expected, names):
@@ -255,8 +256,8 @@ def test_chat_form_and_frame_settings(served):
 
 def test_models_health_chat_route_and_auth(served):
     url, open_url = served["url"], served["open_url"]
-    assert httpx.get(f"{url}/health").status_code == 200  # no key needed
-    page = httpx.get(f"{url}/health", headers={"Origin": "http://page.example"})  # CORS, as LLaMA-Factory's API
+    assert httpx.get(f"{url}/health", timeout=TIMEOUT).status_code == 200  # no key needed
+    page = httpx.get(f"{url}/health", headers={"Origin": "http://page.example"}, timeout=TIMEOUT)  # CORS, as upstream
     assert page.headers["access-control-allow-origin"] in ("*", "http://page.example")
     for method, route in [
         ("get", "/v1/models"),
@@ -264,19 +265,21 @@ def test_models_health_chat_route_and_auth(served):
         ("post", "/classify"),
         ("post", "/v1/chat/completions"),
     ]:
-        assert httpx.request(method, f"{url}{route}", json={}).status_code == 401
+        assert httpx.request(method, f"{url}{route}", json={}, timeout=TIMEOUT).status_code == 401
         assert (
-            httpx.request(method, f"{url}{route}", json={}, headers={"Authorization": "Bearer wrong"}).status_code
+            httpx.request(
+                method, f"{url}{route}", json={}, headers={"Authorization": "Bearer wrong"}, timeout=TIMEOUT
+            ).status_code
             == 401
         )
 
-    models = httpx.get(f"{url}/v1/models", headers=AUTH).json()["data"][0]
+    models = httpx.get(f"{url}/v1/models", headers=AUTH, timeout=TIMEOUT).json()["data"][0]
     assert models["class_names"] == served["names"] and models["num_classes"] == 4
-    chat = httpx.post(f"{url}/v1/chat/completions", json={"messages": []}, headers=AUTH)
+    chat = httpx.post(f"{url}/v1/chat/completions", json={"messages": []}, headers=AUTH, timeout=TIMEOUT)
     assert chat.status_code == 400 and "this model is a classifier; use /v1/classify" in chat.json()["message"]
 
     # the server started from flags alone has no key and batching off
-    response = httpx.post(f"{open_url}/classify", json={"input": [served["test_videos"][2]]}, timeout=120)
+    response = httpx.post(f"{open_url}/classify", json={"input": [served["test_videos"][2]]}, timeout=TIMEOUT)
     assert response.status_code == 200, response.text
     expected = served["classifier"].predict(str(served["media"] / served["test_videos"][2]))
     _assert_matches(response.json()["data"][0], expected, served["names"])
@@ -333,7 +336,10 @@ def test_bad_input_is_a_4xx_naming_it_and_the_next_request_works(served, case, s
     }
     if case == "malformed-json":
         response = httpx.post(
-            f"{served['url']}/v1/classify", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+            f"{served['url']}/v1/classify",
+            content=b"{not json",
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=TIMEOUT,
         )
     elif case.startswith("body-too-large"):
         body = json.dumps({"input": ["data:video/mp4;base64," + "A" * (2 << 20)]}).encode()
@@ -342,7 +348,7 @@ def test_bad_input_is_a_4xx_naming_it_and_the_next_request_works(served, case, s
             f"{served['url']}/v1/classify",
             content=body if case == "body-too-large" else chunks,
             headers={**AUTH, "Content-Type": "application/json"},
-            timeout=120,
+            timeout=TIMEOUT,
         )
     else:
         response = _classify(served, bodies.get(case) or {"input": [inputs[case]]})
