@@ -275,7 +275,24 @@ def train_stage(model_dir: str, data_dir: str, seed: int, args: argparse.Namespa
         accuracy = json.load(f)["eval_accuracy"]
     with open(os.path.join(output_dir, "trainer_log.jsonl"), encoding="utf-8") as f:
         losses = [record["loss"] for record in map(json.loads, f) if "loss" in record]
-    return {"train_loss_last_logged": losses[-1], "accuracy": accuracy}
+    return {
+        "train_loss_last_logged": losses[-1],
+        "accuracy": accuracy,
+        "accuracy_by_reference_code": reference_accuracy_of(output_dir, model_dir, data_dir, args),
+    }
+
+
+def reference_accuracy_of(output_dir: str, model_dir: str, data_dir: str, args: argparse.Namespace) -> float:
+    r"""The stage's saved model and head, scored by the reference's own data path and forward (rules out eval bugs)."""
+    from safetensors.torch import load_file
+
+    _, action_id, test = load_reference(model_dir, data_dir, args, "test")
+    model = ReferenceClassifier(output_dir, action_id, 4, "row")
+    tensors = load_file(os.path.join(output_dir, "action_decoder.safetensors"))
+    with torch.no_grad():
+        model.model.language_model.embed_tokens.weight[action_id] = tensors.pop("action_embedding")
+    model.head.load_state_dict({key.removeprefix("net."): value for key, value in tensors.items()})
+    return reference_accuracy(model, test)
 
 
 def load_stage(config: dict):

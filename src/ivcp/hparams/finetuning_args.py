@@ -40,7 +40,9 @@ class ActionFinetuningArguments(FinetuningArguments):
     )
     action_token_lr_scale: float = field(
         default=0.1,
-        metadata={"help": "The `<ACTION>` embedding is trained with learning_rate * action_token_lr_scale."},
+        metadata={
+            "help": "The `<ACTION>` embedding is trained with learning_rate * action_token_lr_scale; 0 freezes it."
+        },
     )
 
     def __post_init__(self):
