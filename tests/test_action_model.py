@@ -87,6 +87,28 @@ def test_action_token_gets_its_own_learning_rate(tiny_model, motion_data, tmp_pa
     assert moved.max() <= 2.5e-4 * 1.01
 
 
+def test_action_token_lr_scale_zero_freezes_the_embedding(tiny_model, motion_data, tmp_path):
+    # lr 0 alone would keep the row in the optimizer, and its gradient (the largest of the model at the start)
+    # would still set the clipping factor of every other parameter: frozen means no gradient at all
+    model, batch, (_, training_args, finetuning_args, tokenizer_module, dataset, collator) = _setup(
+        tiny_model, motion_data, tmp_path, action_token_lr_scale=0.0
+    )
+    assert not model.action_embedding.requires_grad
+    trainer = ActionClsTrainer(
+        model=model,
+        args=training_args,
+        finetuning_args=finetuning_args,
+        data_collator=collator,
+        train_dataset=dataset["train_dataset"],
+        **tokenizer_module,
+    )
+    optimizer = trainer.create_optimizer()
+    assert not any(p is model.action_embedding for group in optimizer.param_groups for p in group["params"])
+    model(**batch).loss.backward()
+    assert model.action_embedding.grad is None
+    assert model.action_decoder.net.weight.grad.abs().sum() > 0
+
+
 def test_head_starts_from_action_decoder_path(tiny_model, motion_data, tmp_path):
     saved = ActionDecoder(hidden_size=64, num_classes=4)
     saved.save_pretrained(str(tmp_path / "head"), action_embedding=torch.full((64,), 0.5))

@@ -44,7 +44,9 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
     )
     action_token_lr_scale: float = field(
         default=0.1,
-        metadata={"help": "The `<ACTION>` embedding is trained with learning_rate * action_token_lr_scale."},
+        metadata={
+            "help": "The `<ACTION>` embedding is trained with learning_rate * action_token_lr_scale; 0 freezes it."
+        },
     )
     action_problem_type: str = field(
         default="single_label",

@@ -153,6 +153,11 @@ def load_action_model(
         model.load_head(head_directory)
         logger.info_rank0(f"Loaded the action head from {head_directory}.")
 
+    if is_trainable and finetuning_args.action_token_lr_scale == 0:
+        # frozen, not merely lr 0: its gradient would still enter the clipping norm of every other parameter
+        model.action_embedding.requires_grad_(False)
+        logger.info_rank0(f"action_token_lr_scale is 0: the {ACTION_TOKEN} embedding is frozen.")
+
     if not is_trainable:
         model.requires_grad_(False)
         model.eval()

@@ -68,8 +68,8 @@ class ActionClsTrainer(Trainer):
 
     def _check_deepspeed_optimizer(self) -> None:
         r"""A DeepSpeed config with its own optimizer never calls create_optimizer: the lr groups would vanish."""
-        if not self.is_deepspeed_enabled or self.finetuning_args.action_token_lr_scale == 1.0:
-            return
+        if not self.is_deepspeed_enabled or self.finetuning_args.action_token_lr_scale in (0.0, 1.0):
+            return  # 1.0: no group of its own; 0.0: frozen, in no group at all
 
         ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
         if "optimizer" in ds_config:
