@@ -3,12 +3,20 @@
 import av
 import pytest
 
+from ivcp.data import video_reader, videos
+
 from .conftest import base_config, load_action_data
 
 
 @pytest.fixture
 def video_opens(monkeypatch) -> list[str]:
-    r"""Every file PyAV opens (LLaMA-Factory's header probe and IVCP's decode check both go through ``av.open``)."""
+    r"""Every file PyAV opens (LLaMA-Factory's header probe and IVCP's decode check both go through ``av.open``).
+
+    The reader's per-process memory of planned and checked files is emptied first: an earlier test in this worker
+    may have read the same clips, and only the dataset cache is under test here.
+    """
+    video_reader._plan.cache_clear()
+    videos._decode_samples.cache_clear()
     opened, original = [], av.open
 
     def counting_open(file, *args, **kwargs):
