@@ -1,5 +1,7 @@
 """The wrapper model in-process: pooling at <ACTION>, no lm_head, head loading, and the <ACTION> lr group."""
 
+import copy
+
 import pytest
 import torch
 
@@ -136,3 +138,16 @@ def test_mismatched_action_decoder_path_is_rejected(tiny_model, motion_data, tmp
 def test_missing_action_decoder_path_is_rejected(tiny_model, motion_data, tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no action_decoder.safetensors"):
         _setup(tiny_model, motion_data, tmp_path, action_decoder_path=str(tmp_path))
+
+
+def test_a_copied_action_processor_keeps_its_own_settings(tiny_model):
+    from transformers import AutoProcessor
+
+    from ivcp.integration import action_processor
+
+    original = action_processor(AutoProcessor.from_pretrained(tiny_model))
+    original.video_fps = 2.0
+    other = copy.copy(original)  # what ActionClassifier.with_video_settings does before setting its own
+    other.video_fps, other.video_maxlen = 4.0, 4
+    assert (original.video_fps, other.video_fps, other.video_maxlen) == (2.0, 4.0, 4)
+    assert type(other) is type(original) and other.video_processor is not None

@@ -5,6 +5,7 @@ the other stages behave exactly as upstream. ``register()`` is idempotent and ch
 LLaMA-Factory names still exist, failing loudly (not half-patched) when they do not.
 """
 
+import copy
 import importlib
 import sys
 from collections.abc import Callable, Iterator
@@ -332,6 +333,10 @@ class _ActionProcessor:
             object.__setattr__(self, name, value)
         else:  # LLaMA-Factory sets preprocessing settings (video_fps, ...) on the processor
             setattr(self._processor, name, value)
+
+    def __copy__(self) -> "_ActionProcessor":
+        r"""A copy with its own settings (``ActionClassifier.with_video_settings`` copies, then sets ``video_fps``)."""
+        return _ActionProcessor(copy.copy(self._processor))
 
 
 def action_processor(processor: Any) -> Any:
