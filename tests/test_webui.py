@@ -1,5 +1,6 @@
 """LLaMA Board with action_cls: the real ``llamafactory-cli webui`` driven by a headless Chromium (Playwright)."""
 
+import contextlib
 import json
 import os
 import re
@@ -208,7 +209,8 @@ def webui(tmp_path):
         _wait_for_server(url, process, log_path)
         yield url, tmp_path
     finally:
-        os.killpg(process.pid, 15)
+        with contextlib.suppress(ProcessLookupError):  # a webui that died at start-up is reported, not masked
+            os.killpg(process.pid, 15)
         process.wait(timeout=60)
 
 
