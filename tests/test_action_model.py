@@ -57,11 +57,9 @@ def test_action_embedding_replaces_the_table_row(tiny_model, motion_data, tmp_pa
     assert not torch.any(embeds[~is_action] == 3.0)
 
 
-def test_action_token_gets_its_own_learning_rate(tiny_model, motion_data, tmp_path):
-    model, _, (_, training_args, finetuning_args, tokenizer_module, dataset, collator) = _setup(
-        tiny_model, motion_data, tmp_path, learning_rate=1e-3, action_token_lr_scale=0.25
-    )
-    trainer = ActionClsTrainer(
+def _trainer(model, training_args, finetuning_args, tokenizer_module, dataset, collator) -> ActionClsTrainer:
+    r"""The stage's trainer for ``model``: its optimizer's parameter groups are under test."""
+    return ActionClsTrainer(
         model=model,
         args=training_args,
         finetuning_args=finetuning_args,
@@ -69,6 +67,13 @@ def test_action_token_gets_its_own_learning_rate(tiny_model, motion_data, tmp_pa
         train_dataset=dataset["train_dataset"],
         **tokenizer_module,
     )
+
+
+def test_action_token_gets_its_own_learning_rate(tiny_model, motion_data, tmp_path):
+    model, _, (_, training_args, finetuning_args, tokenizer_module, dataset, collator) = _setup(
+        tiny_model, motion_data, tmp_path, learning_rate=1e-3, action_token_lr_scale=0.25
+    )
+    trainer = _trainer(model, training_args, finetuning_args, tokenizer_module, dataset, collator)
     optimizer = trainer.create_optimizer()
     groups = [group for group in optimizer.param_groups if any(p is model.action_embedding for p in group["params"])]
     assert len(groups) == 1 and groups[0]["params"] == [model.action_embedding]
@@ -96,14 +101,7 @@ def test_action_token_lr_scale_zero_freezes_the_embedding(tiny_model, motion_dat
         tiny_model, motion_data, tmp_path, action_token_lr_scale=0.0
     )
     assert not model.action_embedding.requires_grad
-    trainer = ActionClsTrainer(
-        model=model,
-        args=training_args,
-        finetuning_args=finetuning_args,
-        data_collator=collator,
-        train_dataset=dataset["train_dataset"],
-        **tokenizer_module,
-    )
+    trainer = _trainer(model, training_args, finetuning_args, tokenizer_module, dataset, collator)
     optimizer = trainer.create_optimizer()
     assert not any(p is model.action_embedding for group in optimizer.param_groups for p in group["params"])
     model(**batch).loss.backward()
