@@ -15,7 +15,7 @@ from llamafactory.data.mm_plugin import Qwen2VLPlugin
 
 from ivcp.cli import main
 from ivcp.data import ActionDataError
-from ivcp.data.video_reader import VideoReadError, plan_video, read_frames
+from ivcp.data.video_reader import VideoReadError, _decoded, plan_video, read_frames
 from ivcp.demo.video_files import (
     KINDS,
     announce_extra_avi_frames,
@@ -103,6 +103,27 @@ def test_rotated_phone_clip_reaches_the_processor_upright(wild_videos):
     frame = np.asarray(read_frames(plan)[0])
     assert frame.shape == (96, 64, 3)
     assert frame[:16, -16:].mean() > 200 and frame[:16, :16].mean() < 100  # turned clockwise: marker top-right
+
+
+@pytest.mark.parametrize("kind", ["h264_bframes.mp4", "rotated.mp4"])
+def test_frames_are_shrunk_to_the_plugins_size_as_they_are_converted(wild_videos, kind):
+    plugin = Qwen2VLPlugin(image_token="<|image_pad|>", video_token="<|video_pad|>", audio_token=None)
+    limits = {"image_max_pixels": 48 * 32, "image_min_pixels": 16 * 16}
+    plan = plan_video(wild_videos[kind], 2.0, 128)
+    for full, shrunk in zip(read_frames(plan), read_frames(plan, limits["image_max_pixels"])):
+        expected = plugin._preprocess_image(full, **limits)  # what LLaMA-Factory makes of the full-size frame
+        assert shrunk.size == expected.size == (plan.frame_size[1] // 2, plan.frame_size[0] // 2)  # 96x64 -> 48x32
+        assert plugin._preprocess_image(shrunk, **limits).size == shrunk.size  # nothing left to resize
+        assert np.abs(np.asarray(shrunk, dtype=float) - np.asarray(expected, dtype=float)).mean() < 4
+
+
+def test_non_reference_frames_between_samples_are_not_decoded(wild_videos):
+    path = wild_videos["h264_bframes.mp4"]  # the identity of what is decoded: test_sampled_frames_equal_...
+    plan = plan_video(path, 2.0, 128)
+    with av.open(str(path)) as container:
+        decoded = [frame.pts for frame in _decoded(container, container.streams.video[0], set(plan.sample_pts), True)]
+    assert set(plan.sample_pts) <= set(decoded)
+    assert len(decoded) < plan.frames_in_file
 
 
 def test_header_off_by_one_is_accepted_and_truncated_webm_rejected(wild_videos):

@@ -30,7 +30,8 @@ class VideoReaderMixin:
     def _regularize_videos(self, videos: list[Any], **kwargs) -> dict[str, list]:
         video_fps, video_maxlen = kwargs.get("video_fps", 2.0), kwargs.get("video_maxlen", 128)
         plans = {i: plan_video(video, video_fps, video_maxlen) for i, video in enumerate(videos) if _is_file(video)}
-        inputs = [read_frames(plans[i]) if i in plans else video for i, video in enumerate(videos)]
+        max_pixels = kwargs.get("image_max_pixels")
+        inputs = [read_frames(plans[i], max_pixels) if i in plans else video for i, video in enumerate(videos)]
         output = super()._regularize_videos(inputs, **kwargs)
         for i, plan in plans.items():  # the plugin took the frames for pre-sampled images: give it the real timing
             if "durations" in output:

@@ -5,7 +5,8 @@ first ``video_maxlen`` frames and counts tokens for that many, which crashes the
 a long one through its first second; and it decodes the whole stream to keep a few frames. Here the real frame
 count and duration come from demuxing the stream (no decoding), the samples span the whole clip with LLaMA-Factory's
 own rule (``video_fps`` frames a second, at most ``video_maxlen``, evenly spaced), the display matrix is applied,
-and decoding stops after the last sample, seeking to the keyframe before a sample when that skips frames.
+and decoding stops after the last sample, seeking to the keyframe before a sample when that skips frames and leaving
+out the non-reference frames between samples; only the samples are converted, shrunk as they are.
 :class:`VideoPlan` is the decision; token counting and the collator both take it from :func:`plan_video`, so they
 cannot disagree.
 """
@@ -13,6 +14,7 @@ cannot disagree.
 import bisect
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -184,22 +186,49 @@ def plan_video(path: str | os.PathLike, video_fps: float, video_maxlen: int) -> 
     return _plan(path, (status.st_size, status.st_mtime_ns), float(video_fps), int(video_maxlen))
 
 
-def _upright(frame: "av.VideoFrame", rotation: int) -> "Image":
-    image = frame.to_image()  # converts (libswscale) only the sampled frames
+def _upright(frame: "av.VideoFrame", rotation: int, max_pixels: int | None) -> "Image":
+    r"""The frame as an upright RGB image, converted (and shrunk to ``max_pixels``) by libswscale in one step.
+
+    The size follows LLaMA-Factory's ``_preprocess_image`` rule, so the plugin finds nothing left to resize; its
+    PIL resize of a full-size frame costs several times the conversion.
+    """
+    height, width = (frame.width, frame.height) if rotation in (90, 270) else (frame.height, frame.width)
+    if max_pixels and height * width > max_pixels:
+        factor = math.sqrt(max_pixels / (height * width))
+        height, width = int(height * factor), int(width * factor)
+    if rotation in (90, 270):
+        height, width = width, height
+    image = frame.to_image(width=width, height=height, interpolation="BICUBIC")
     return image.rotate(rotation, expand=True) if rotation else image
 
 
-def _decode_by_pts(container, stream, plan: VideoPlan, seek: bool) -> dict[int, "av.VideoFrame"]:
-    r"""Decode up to the last sample; with ``seek``, jump to a sample's keyframe when that skips frames."""
+def _decoded(container, stream, wanted: set[int | None], skip: bool) -> "Iterator[av.VideoFrame]":
+    r"""Decode the stream; with ``skip``, leave out the non-reference frames that are not samples.
+
+    No frame refers to a non-reference frame (most B-frames of H.264 and MPEG-2), so the frames that are decoded are
+    bit for bit those of a full decode. The decoder reads ``skip_frame`` for each packet (frame threads included).
+    """
+    context = stream.codec_context
+    for packet in container.demux(stream):
+        if skip:
+            context.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+        yield from packet.decode()
+
+
+def _decode_by_pts(container, stream, plan: VideoPlan, fast: bool) -> dict[int, "av.VideoFrame"]:
+    r"""Decode up to the last sample.
+
+    With ``fast``, jump to a sample's keyframe when that skips frames, and leave out the non-reference frames.
+    """
     wanted, found, position = set(plan.sample_pts), {}, None
-    keyframes, frames = plan.keyframe_pts, container.decode(stream)
+    keyframes, frames = plan.keyframe_pts, _decoded(container, stream, wanted, fast)
     for target in plan.sample_pts:
         if target in found:
             continue
         slot = bisect.bisect_right(keyframes, target) - 1
-        if seek and position is not None and slot >= 0 and keyframes[slot] > position:
+        if fast and position is not None and slot >= 0 and keyframes[slot] > position:
             container.seek(keyframes[slot], stream=stream)
-            frames = container.decode(stream)
+            frames = _decoded(container, stream, wanted, fast)
         for frame in frames:
             position = frame.pts if frame.pts is not None else position
             if frame.pts in wanted and frame.pts not in found:  # not an open GOP's broken leading frame
@@ -229,38 +258,47 @@ def _decode_by_index(container, stream, plan: VideoPlan) -> list["av.VideoFrame 
 def _decode_samples(plan: VideoPlan) -> list["av.VideoFrame | None"]:
     r"""The sampled frames, None where the decoder gives none.
 
-    A seek that lands wrong (some demuxers seek coarsely) falls back to decoding from the start, and frames without
-    timestamps to counting frames.
+    When seeking or skipping loses a sample (a demuxer that seeks coarsely, packed B-frames whose packet carries
+    another frame's timestamp), it decodes every frame from the start instead; frames without timestamps are
+    counted.
     """
-    attempts = ["seek", "pts", "index"] if plan.keyframe_pts else ["pts", "index"]
-    for mode in attempts if plan.sample_pts[0] is not None else ["index"]:
+    for mode in ["fast", "pts", "index"] if plan.sample_pts[0] is not None else ["index"]:
         with _open(plan.path) as container:
             stream = _video_stream(container, plan.path)
             stream.thread_type = "AUTO"
             if mode == "index":
                 frames = _decode_by_index(container, stream, plan)
             else:
-                found = _decode_by_pts(container, stream, plan, seek=mode == "seek")
+                found = _decode_by_pts(container, stream, plan, fast=mode == "fast")
                 frames = [found.get(pts) for pts in plan.sample_pts]
         if not _missing(plan, frames):
             break
     return frames
 
 
-def read_frames(plan: VideoPlan) -> list["Image"]:
-    r"""The sampled frames of ``plan`` as upright RGB images, identical to those of a full sequential decode."""
+def decode_frames(plan: VideoPlan) -> list["av.VideoFrame"]:
+    r"""The sampled frames of ``plan`` as the decoder gives them; raises :class:`VideoReadError` naming the file."""
     try:
         frames = _decode_samples(plan)
-        missing = _missing(plan, frames)
-        if missing and (frames[0] is None or missing[0] < plan.frames_in_file - HEADER_TOLERANCE):
-            raise VideoReadError(
-                f"{plan.path!r}, which PyAV cannot read: frame(s) {missing[:5]} of its {plan.frames_in_file} "
-                f"do not decode (a truncated or damaged file): {REENCODE_HINT}.",
-            )
-        if missing:  # the decoder drops the last frame or two of some AVI files: show the last one that decodes
-            logger.info(f"{plan.path}: the last frame(s) {missing} do not decode; repeating the frame before.")
-            frames = [frame or next(f for f in frames[i::-1] if f is not None) for i, frame in enumerate(frames)]
-
-        return [_upright(frame, plan.rotation) for frame in frames]
     except av.FFmpegError as err:
         raise VideoReadError(f"{plan.path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
+
+    missing = _missing(plan, frames)
+    if missing and (frames[0] is None or missing[0] < plan.frames_in_file - HEADER_TOLERANCE):
+        raise VideoReadError(
+            f"{plan.path!r}, which PyAV cannot read: frame(s) {missing[:5]} of its {plan.frames_in_file} "
+            f"do not decode (a truncated or damaged file): {REENCODE_HINT}.",
+        )
+    if missing:  # the decoder drops the last frame or two of some AVI files: show the last one that decodes
+        logger.info(f"{plan.path}: the last frame(s) {missing} do not decode; repeating the frame before.")
+        frames = [frame or next(f for f in frames[i::-1] if f is not None) for i, frame in enumerate(frames)]
+
+    return frames
+
+
+def read_frames(plan: VideoPlan, max_pixels: int | None = None) -> list["Image"]:
+    r"""The sampled frames of ``plan`` as upright RGB images, identical to those of a full sequential decode.
+
+    With ``max_pixels``, larger frames are shrunk to it (keeping their aspect ratio) as they are converted.
+    """
+    return [_upright(frame, plan.rotation, max_pixels) for frame in decode_frames(plan)]

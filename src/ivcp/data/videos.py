@@ -11,12 +11,12 @@ from functools import lru_cache
 from typing import Any
 
 from .context import ActionDataError
-from .video_reader import VideoPlan, VideoReadError, plan_video, read_frames
+from .video_reader import VideoPlan, VideoReadError, decode_frames, plan_video
 
 
 @lru_cache(maxsize=65536)  # datasets with many questions per video (VideoEspresso) decode each file once
 def _decode_samples(plan: VideoPlan) -> None:
-    read_frames(plan)
+    decode_frames(plan)  # what the collator decodes; converting it would prove nothing more
 
 
 def check_video(
