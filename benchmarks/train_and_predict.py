@@ -146,7 +146,9 @@ def write_data(data_dir: str, args: argparse.Namespace) -> None:
         for index, label in enumerate(labels.tolist()):
             video = f"videos/{split}_{index:05d}.mp4"
             path = os.path.join(data_dir, video)
-            write_motion_clip(path, DIRECTIONS[label], rng, num_frames=args.frames, size=args.frame_size, fps=8)
+            write_motion_clip(
+                path, DIRECTIONS[label], rng, num_frames=args.frames, size=args.frame_size, fps=args.clip_fps
+            )
             clips.append((video, label))
 
         for name, prompt in prompts.items():
@@ -194,7 +196,7 @@ def lf_config(method: str, phase: str, run_dir: str, args: argparse.Namespace, s
         "dataset_dir": setup["data_dir"],
         "media_dir": setup["data_dir"],
         "cutoff_len": 4096,
-        "video_fps": 8,
+        "video_fps": args.video_fps or args.clip_fps,
         "video_maxlen": args.frames,
         "per_device_train_batch_size": args.batch_size,
         "per_device_eval_batch_size": args.eval_batch_size,
@@ -305,7 +307,8 @@ def print_configuration(args: argparse.Namespace, setup: dict[str, Any], results
     )
     print(
         f"data: {args.num_train} train / {args.num_test} test H.264 clips, {args.frames} frames of "
-        f"{args.frame_size}x{args.frame_size} (4 motion classes); answers: 4 sentences of "
+        f"{args.frame_size}x{args.frame_size} at {args.clip_fps} fps, sampled at {args.video_fps or args.clip_fps} "
+        f"frames a second (4 motion classes); answers: 4 sentences of "
         f"{setup['answer_tokens'] - 1} tokens at most + <|im_end|>"
     )
     print(
@@ -409,7 +412,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden_size", type=int, default=256, help="LLM hidden size (a multiple of 64)")
     parser.add_argument("--num_layers", type=int, default=4, help="LLM layers")
-    parser.add_argument("--frames", type=int, default=8, help="frames per clip (all are sampled)")
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip")
+    parser.add_argument("--clip_fps", type=int, default=8, help="frame rate of the clips")
+    parser.add_argument("--video_fps", type=float, help="frames sampled a second (default: --clip_fps, all frames)")
     parser.add_argument("--frame_size", type=int, default=112, help="clip width and height in pixels")
     parser.add_argument("--num_train", type=int, default=48)
     parser.add_argument("--num_test", type=int, default=48, help="a multiple of --eval_batch_size")

@@ -203,6 +203,24 @@ def test_show_frames_prints_the_samples_and_draws_a_sheet(wild_videos, tmp_path,
     assert sorted(path.name for path in (tmp_path / "sheets").iterdir()) == ["rotated.mp4.png", "vp9.webm.png"]
 
 
+def test_show_frames_counts_the_video_tokens_training_puts_in_the_prompt(tiny_model, wild_videos, tmp_path, capsys):
+    data_dir, video = tmp_path / "data", wild_videos["h264_bframes.mkv"]
+    data_dir.mkdir()
+    _dataset(data_dir, "one", [video], [0])
+    config = base_config(tiny_model, str(data_dir), str(tmp_path / "out"), dataset="one", video_maxlen=16)
+    _, tokenizer_module, _, _, dataset_module = load_action_data(config)
+    video_pad = tokenizer_module["tokenizer"].convert_tokens_to_ids("<|video_pad|>")
+    trained = dataset_module["train_dataset"][0]["input_ids"].count(video_pad)
+
+    flags = ["--model", tiny_model, "--template", "qwen2_vl", "--video_fps", "8", "--video_maxlen", "16", "--json"]
+    capsys.readouterr()  # the data loading's log lines
+    with pytest.raises(SystemExit) as code:
+        main(["show-frames", str(video), *flags])
+    shown = json.loads(capsys.readouterr().out)
+    assert code.value.code == 0 and shown["frames_to_processor"] == 16
+    assert shown["video_tokens"] == trained > 0
+
+
 def _late_colour_clip(path: Path, label: int, seed: int) -> None:
     r"""40 frames (4 s): a random colour for 3 s, then red (class 0) or blue (class 1) for the last second."""
     start = np.random.default_rng(seed).integers(0, 256, size=3)

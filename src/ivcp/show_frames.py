@@ -2,9 +2,12 @@
 
     ivcp show-frames clip.webm phone.mp4 --video_fps 2 --video_maxlen 16 --template qwen2_vl --json --sheet sheets/
     ivcp show-frames clip.avi examples/train_lora/qwen2vl_action_cls.yaml --sheet sheets/
+    ivcp show-frames clip.mp4 --model Qwen/Qwen2-VL-2B-Instruct --template qwen2_vl --json
 
 With a template (given, or from the training YAML) the frames are those its mm_plugin hands to the processor:
 after resizing to ``video_max_pixels`` and the family's rules (Qwen2-VL repeats the last frame of an odd count).
+With a model too (given, or the YAML's ``model_name_or_path``), its processor turns them into tokens and
+``video_tokens`` says how many the video takes in the prompt (only the processor is loaded, not the weights).
 """
 
 import argparse
@@ -23,6 +26,7 @@ DEFAULTS = {  # LLaMA-Factory's defaults for video inputs (ModelArguments)
     "video_max_pixels": 256 * 256,
     "video_min_pixels": 16 * 16,
     "template": None,
+    "model_name_or_path": None,
 }
 
 
@@ -35,6 +39,9 @@ def add_parser(commands: Any) -> None:
     )
     show.add_argument("videos", nargs="+", help="video files, and optionally a training YAML to take settings from")
     show.add_argument("--template", default=None, help="LLaMA-Factory template (e.g. qwen2_vl): the family's rules")
+    show.add_argument(
+        "--model", dest="model_name_or_path", default=None, help="model whose processor counts the video tokens"
+    )
     show.add_argument("--video_fps", type=float, default=None)
     show.add_argument("--video_maxlen", type=int, default=None)
     show.add_argument("--video_max_pixels", type=int, default=None)
@@ -69,8 +76,33 @@ def _plugin(template_name: str | None):
     return with_video_reader(TEMPLATES[template_name]).mm_plugin
 
 
-def describe(video: str, settings: dict[str, Any], plugin: Any) -> tuple[dict[str, Any], list]:
-    r"""The reader's decision for ``video`` and the frames as the processor gets them."""
+def _processor(settings: dict[str, Any]) -> Any:
+    r"""The model's processor, set up by LLaMA-Factory with the video settings as training sets it up."""
+    if settings["model_name_or_path"] is None:
+        return None
+    if settings["template"] is None:
+        raise SystemExit("ivcp show-frames: --model needs --template (the family's rules for the frames).")
+
+    from llamafactory.hparams import ModelArguments
+    from llamafactory.model import load_tokenizer
+
+    keys = ("model_name_or_path", "video_fps", "video_maxlen", "video_max_pixels", "video_min_pixels")
+    processor = load_tokenizer(ModelArguments(**{key: settings[key] for key in keys}))["processor"]
+    if processor is None:
+        raise SystemExit(f"ivcp show-frames: {settings['model_name_or_path']!r} has no multimodal processor.")
+    return processor
+
+
+def _video_tokens(video: str, plugin: Any, processor: Any) -> int:
+    r"""How many video tokens the plugin puts in the prompt for ``video``: what the model's sequence holds."""
+    from llamafactory.extras.constants import VIDEO_PLACEHOLDER
+
+    messages = [{"role": "user", "content": VIDEO_PLACEHOLDER}]
+    return plugin.process_messages(messages, [], [video], [], processor)[0]["content"].count(plugin.video_token)
+
+
+def describe(video: str, settings: dict[str, Any], plugin: Any, processor: Any = None) -> tuple[dict[str, Any], list]:
+    r"""The reader's decision for ``video``, the frames as the processor gets them, and with a processor the tokens."""
     from .data.video_reader import plan_video, read_frames
 
     plan = plan_video(video, settings["video_fps"], settings["video_maxlen"])
@@ -87,6 +119,8 @@ def describe(video: str, settings: dict[str, Any], plugin: Any) -> tuple[dict[st
     info = plan.summary()
     info["frame_size"] = [frames[0].height, frames[0].width]
     info["frames_to_processor"] = len(frames)
+    if processor is not None:
+        info["video_tokens"] = _video_tokens(video, plugin, processor)
     return info, frames
 
 
@@ -121,14 +155,14 @@ def show_frames(args: argparse.Namespace) -> int:
     from .data.video_reader import VideoReadError
 
     settings, videos = _settings(args)
-    plugin = _plugin(settings["template"])
+    plugin, processor = _plugin(settings["template"]), _processor(settings)
     if args.sheet:
         os.makedirs(args.sheet, exist_ok=True)
 
     failed = 0
     for video in videos:
         try:
-            info, frames = describe(video, settings, plugin)
+            info, frames = describe(video, settings, plugin, processor)
         except VideoReadError as err:
             failed += 1
             print(f"ivcp show-frames: {err}", file=sys.stderr)
@@ -140,7 +174,7 @@ def show_frames(args: argparse.Namespace) -> int:
             print(
                 f"{video}: {len(info['sampled_frames'])} of {info['frames_in_file']} frames "
                 f"{info['sampled_frames']} at {info['timestamps']} s, size {info['frame_size']}, "
-                f"rotation {info['rotation']}",
+                f"rotation {info['rotation']}" + (f", {info['video_tokens']} video tokens" if processor else ""),
                 flush=True,
             )
         if args.sheet:
