@@ -9,7 +9,8 @@ the model runs one batch, the workers already prepare the next ones. It is the s
 The decode workers are processes forked from the server once the model is loaded (``api_decode_processes``): reading
 and processing a video is mostly Python holding the GIL (measured: two decode threads prepared 1.16x the videos of
 one), so threads could not use a second core. A forked worker shares the loaded classifier copy-on-write, never
-touches the model's weights, runs one torch thread and sends back only the collated tensors.
+touches the model's weights, runs one torch thread, sends back only the collated batch (as numpy arrays) and exits
+with the server. ``api_decode_processes: false`` (or a system without fork) keeps them threads of the server.
 """
 
 import asyncio
