@@ -19,8 +19,13 @@ from pathlib import Path
 import av
 import httpx
 import numpy as np
+import openai
 import pytest
+from fastapi.testclient import TestClient
 
+from ivcp.api.app import create_action_app
+from ivcp.demo.object_videos import make_object_dataset
+from ivcp.hparams.serving_args import ActionServingArguments
 from ivcp.inference import ActionClassifier
 
 from .conftest import base_config, read_json, run_cli, start_command, write_broken_videos, write_config
@@ -414,3 +419,38 @@ def test_concurrent_requests_equal_action_classifier(served):
     for video, response in zip(requests, responses):
         assert response.status_code == 200, response.text
         _assert_matches(response.json()["data"][0], expected[video], served["names"])
+
+
+def test_the_openai_client_reaches_classify_through_its_generic_post(served):
+    r"""/v1/classify is vLLM's route, not OpenAI's: the ``openai`` client reaches it through ``client.post``."""
+    client = openai.OpenAI(base_url=f"{served['url']}/v1", api_key=API_KEY, timeout=TIMEOUT, max_retries=0)
+    video = served["test_videos"][1]
+    body = client.post("/classify", body={"input": [video], "top_k": 2}, cast_to=object)
+    _assert_matches(body["data"][0], served["classifier"].predict(str(served["media"] / video)), served["names"])
+    with pytest.raises(openai.BadRequestError, match="use /v1/classify"):
+        client.chat.completions.create(model="classifier", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_multi_label_head_answers_the_classes_at_or_above_its_threshold(tiny_model, tmp_path):
+    r"""The app in-process (TestClient) on a 2-step multi-label classifier: ``labels`` equal ActionClassifier's."""
+    data_dir, output_dir = tmp_path / "data", tmp_path / "out"
+    make_object_dataset(str(data_dir), num_train=8, num_test=6, seed=0)
+    config = base_config(tiny_model, str(data_dir), str(output_dir), dataset="objects_train", video_fps=2)
+    run_cli({**config, "action_problem_type": "multi_label", "max_steps": 2, "save_strategy": "no"}, tmp_path)
+    videos = [str(data_dir / record["videos"][0]) for record in read_json(data_dir / "objects_test.json")]
+    untrained = ActionClassifier.from_pretrained(tiny_model, adapter=str(output_dir))
+    threshold = float(untrained.predict_logits(videos).sigmoid().median())  # some classes above it, some below
+    classifier = ActionClassifier.from_pretrained(tiny_model, adapter=str(output_dir), action_threshold=threshold)
+    expected = classifier.predict(videos)
+    assert 0 < sum(len(result["predicted"]) for result in expected) < len(videos) * len(classifier.names)
+
+    settings = ActionServingArguments(allowed_local_media_path=str(data_dir), api_decode_processes=False)
+    with TestClient(create_action_app(classifier, settings, "objects")) as client:  # threads: no fork of pytest
+        response = client.post("/v1/classify", json={"input": videos})
+    assert response.status_code == 200, response.text
+    for data, want in zip(response.json()["data"], expected, strict=True):
+        assert [entry["class"] for entry in data["labels"]] == want["predicted"]
+        assert [entry["label"] for entry in data["labels"]] == want["names"]
+        for ours, theirs in zip(data["labels"], want["classes"]):
+            assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
+        assert data["label"] == (want["names"][0] if want["names"] else None)

@@ -174,11 +174,17 @@ class ActionClassifier:
         batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
         return self.model(**batch).logits.float().cpu()
 
-    def classify_batch(self, videos: list[str], prompt: str = DEFAULT_PROMPT) -> list[torch.Tensor | ActionDataError]:
-        r"""Per video, its row of logits or the error that stopped it (the others are still classified)."""
-        outcomes: list[torch.Tensor | ActionDataError | None] = [None] * len(videos)
+    def prepare(
+        self, videos: list[str], prompts: list[str]
+    ) -> tuple[dict[str, Any] | None, list[int | ActionDataError]]:
+        r"""Encode and collate (this decodes) each video with its prompt, without the model.
+
+        Returns the batch of the videos that worked (in order) and, per video, its prompt length in tokens or the
+        error that stopped it; the server runs this in its decode workers and :meth:`forward` in its model thread.
+        """
+        outcomes: list[int | ActionDataError | None] = [None] * len(videos)
         features, positions = [], []
-        for i, video in enumerate(videos):
+        for i, (video, prompt) in enumerate(zip(videos, prompts)):
             try:
                 features.append(self.encode(video, prompt))
                 positions.append(i)
@@ -186,15 +192,16 @@ class ActionClassifier:
                 outcomes[i] = err
 
         batch, errors = self.collate(features) if features else (None, [])
-        good = [i for i, error in zip(positions, errors) if error is None]
-        for i, error in zip(positions, errors):
-            outcomes[i] = error
+        for i, feature, error in zip(positions, features, errors):
+            outcomes[i] = len(feature["input_ids"]) if error is None else error
 
-        if batch is not None:
-            for i, row in zip(good, self.forward(batch)):
-                outcomes[i] = row
+        return batch, outcomes
 
-        return outcomes
+    def classify_batch(self, videos: list[str], prompt: str = DEFAULT_PROMPT) -> list[torch.Tensor | ActionDataError]:
+        r"""Per video, its row of logits or the error that stopped it (the others are still classified)."""
+        batch, outcomes = self.prepare(videos, [prompt] * len(videos))
+        rows = iter(self.forward(batch) if batch is not None else [])
+        return [outcome if isinstance(outcome, ActionDataError) else next(rows) for outcome in outcomes]
 
     def _batches(
         self, videos: list[str], prompt: str, batch_size: int, progress: bool

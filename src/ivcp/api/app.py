@@ -164,6 +164,7 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
         max_batch_size=settings.api_max_batch_size,
         max_wait_ms=settings.api_max_wait_ms,
         decode_workers=settings.api_decode_workers,
+        decode_processes=settings.api_decode_processes,
         max_video_seconds=settings.api_max_video_seconds,
     )
     num_classes = len(classifier.names)
@@ -230,8 +231,8 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
         path, temporary = None, False
         try:
             path, temporary = await policy.to_file(url, http_client["client"])
-            variant = service.variant(request.video_fps, request.video_maxlen)
-            return await service.classify(variant, path, prompt)
+            sampling = service.variant(request.video_fps, request.video_maxlen)
+            return await service.classify(sampling, path, prompt)
         except Exception as err:  # one input's failure is its own result
             raise _input_error(err, description, path if temporary else None) from err
         finally:

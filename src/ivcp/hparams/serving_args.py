@@ -34,7 +34,14 @@ class ActionServingArguments:
     )
     api_decode_workers: int = field(
         default=2,
-        metadata={"help": "Threads that read, decode and batch videos, in parallel with the model."},
+        metadata={"help": "Workers that read, decode and batch videos, in parallel with the model."},
+    )
+    api_decode_processes: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode workers are processes forked from the server (they use other cores: decoding and "
+            "processing hold the GIL); false: threads of the server process (also where fork is unavailable)."
+        },
     )
     api_max_body_mb: float = field(
         default=64.0,
