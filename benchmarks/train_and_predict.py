@@ -82,8 +82,12 @@ class Clock(TrainerCallback):
             self.mean_tokens = self._mean_tokens(eval_dataloader)
 
     def timing(self, warmup: int, items_per_mark: int) -> dict[str, float]:
-        r"""Items per second after the first ``warmup`` steps/batches (each includes its data loading), and the CPU
-        cores other processes used meanwhile: with 2 threads, a busy machine stalls every op at a thread barrier."""
+        r"""Items per second after the first ``warmup`` steps/batches, and the CPU cores other processes used meanwhile.
+
+        accelerate loads one batch ahead, so a window holds the loading of the next batch, and the last window none:
+        with only two prediction batches the timed one is a forward pass alone. With 2 threads, a busy machine stalls
+        every op at a thread barrier.
+        """
         if len(self.marks) <= warmup:
             raise ValueError(f"{len(self.marks)} steps/batches leave none to time after {warmup} warm-up ones.")
 
