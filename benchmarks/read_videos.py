@@ -138,9 +138,7 @@ def main() -> None:
             same.append(_same_as_full_decode(plan))
             theirs = upstream._regularize_videos([path], **SETTINGS)["videos"][0]
             mine = ours._regularize_videos([path], **SETTINGS)["videos"][0]
-            with av.open(path) as container:
-                counted = container.streams.video[0].frames > 0
-            if counted:
+            if plan.header_frames:  # the header counts the frames: upstream samples the same ones
                 gaps.append(
                     max(np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() for a, b in zip(theirs, mine))
                 )

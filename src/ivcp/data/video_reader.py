@@ -192,12 +192,10 @@ def _upright(frame: "av.VideoFrame", rotation: int, max_pixels: int | None) -> "
     The size follows LLaMA-Factory's ``_preprocess_image`` rule, so the plugin finds nothing left to resize; its
     PIL resize of a full-size frame costs several times the conversion.
     """
-    height, width = (frame.width, frame.height) if rotation in (90, 270) else (frame.height, frame.width)
+    height, width = frame.height, frame.width  # the area, and so the scale, is the same upright
     if max_pixels and height * width > max_pixels:
         factor = math.sqrt(max_pixels / (height * width))
         height, width = int(height * factor), int(width * factor)
-    if rotation in (90, 270):
-        height, width = width, height
     image = frame.to_image(width=width, height=height, interpolation="BICUBIC")
     return image.rotate(rotation, expand=True) if rotation else image
 
