@@ -54,39 +54,32 @@ def build_assets(work_dir: str, args: argparse.Namespace) -> tuple[str, str]:
 
 def stage_config(model_dir: str, data_dir: str, output_dir: str, seed: int, args: argparse.Namespace) -> dict:
     r"""The ``action_cls`` YAML of the same recipe: LLM frozen, vision tower + projector + head trained."""
-    config = {
-        "model_name_or_path": model_dir,
-        "stage": "action_cls",
-        "do_train": True,
-        "do_eval": True,
-        "finetuning_type": "full",
-        "freeze_vision_tower": False,
-        "freeze_multi_modal_projector": False,
-        "freeze_language_model": True,
-        "num_action_classes": 4,
-        "dataset": "motion_train",
-        "eval_dataset": "motion_test",
-        "dataset_dir": data_dir,
-        "media_dir": data_dir,
-        "template": "qwen2_vl",
-        "cutoff_len": 1024,
-        "video_fps": 8,
-        "output_dir": output_dir,
-        "overwrite_output_dir": True,
-        "save_strategy": "no",
-        "logging_steps": 10,
-        "report_to": "none",
-        "per_device_train_batch_size": args.batch_size,
-        "per_device_eval_batch_size": 16,
-        "learning_rate": args.lr,
-        "num_train_epochs": args.epochs,
-        "lr_scheduler_type": "cosine",
-        "warmup_ratio": args.warmup_ratio,
-        "max_grad_norm": 1.0,
-        "seed": seed,
-        "disable_gradient_checkpointing": True,
-        "dataloader_num_workers": 0,
-    }
+    from ivcp.demo.motion_videos import motion_stage_config
+
+    config = motion_stage_config(
+        model_dir,
+        data_dir,
+        output_dir,
+        do_eval=True,
+        finetuning_type="full",
+        freeze_vision_tower=False,
+        freeze_multi_modal_projector=False,
+        freeze_language_model=True,
+        eval_dataset="motion_test",
+        overwrite_output_dir=True,
+        save_strategy="no",
+        logging_steps=10,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=16,
+        learning_rate=args.lr,
+        num_train_epochs=args.epochs,
+        lr_scheduler_type="cosine",
+        warmup_ratio=args.warmup_ratio,
+        max_grad_norm=1.0,
+        seed=seed,
+        disable_gradient_checkpointing=True,
+        dataloader_num_workers=0,
+    )
     for item in args.stage_set:
         key, value = item.split("=", 1)
         config[key] = yaml.safe_load(value)

@@ -34,31 +34,22 @@ import yaml
 
 
 def train_tiny_classifier(work_dir: str, threads: int) -> tuple[str, str, str, list[str]]:
-    from ivcp.demo.motion_videos import make_motion_dataset
+    from ivcp.demo.motion_videos import make_motion_dataset, motion_stage_config
     from ivcp.demo.tiny_model import build_tiny_qwen2vl
 
     model = build_tiny_qwen2vl(os.path.join(work_dir, "model"), seed=0)
     data_dir = os.path.join(work_dir, "data")
     make_motion_dataset(data_dir, num_train_per_class=4, num_test_per_class=4, seed=0)
     output_dir = os.path.join(work_dir, "out")
-    config = {
-        "model_name_or_path": model,
-        "stage": "action_cls",
-        "do_train": True,
-        "finetuning_type": "lora",
-        "lora_target": "all",
-        "dataset": "motion_train",
-        "dataset_dir": data_dir,
-        "media_dir": data_dir,
-        "template": "qwen2_vl",
-        "cutoff_len": 1024,
-        "video_fps": 8,
-        "output_dir": output_dir,
-        "num_action_classes": 4,
-        "per_device_train_batch_size": 4,
-        "max_steps": 2,
-        "report_to": "none",
-    }
+    config = motion_stage_config(
+        model,
+        data_dir,
+        output_dir,
+        finetuning_type="lora",
+        lora_target="all",
+        per_device_train_batch_size=4,
+        max_steps=2,
+    )
     config_path = os.path.join(work_dir, "train.yaml")
     with open(config_path, "w", encoding="utf-8") as f:
         yaml.safe_dump(config, f)

@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 import ivcp
-from ivcp.demo.motion_videos import make_motion_dataset
+from ivcp.demo.motion_videos import make_motion_dataset, motion_stage_config
 from ivcp.demo.tiny_model import build_tiny_qwen2vl
 from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME
 
@@ -41,31 +41,22 @@ def motion_data(tmp_path_factory) -> str:
 
 
 def base_config(model_dir: str, data_dir: str, output_dir: str, **overrides: Any) -> dict[str, Any]:
-    config = {
-        "model_name_or_path": model_dir,
-        "stage": "action_cls",
-        "do_train": True,
-        "finetuning_type": "lora",
-        "lora_target": "all",
-        "dataset": "motion_train",
-        "dataset_dir": data_dir,
-        "media_dir": data_dir,
-        "template": "qwen2_vl",
-        "cutoff_len": 1024,
-        "video_fps": 8,
-        "output_dir": output_dir,
-        "num_action_classes": 4,
-        "per_device_train_batch_size": 4,
-        "learning_rate": 1.0e-3,
-        "max_steps": 3,
-        "logging_steps": 1,
-        "save_steps": 2,
-        "plot_loss": True,
-        "report_to": "none",
-        "overwrite_cache": True,
-        "seed": 42,
-    }
-    config.update(overrides)
+    config = motion_stage_config(
+        model_dir,
+        data_dir,
+        output_dir,
+        finetuning_type="lora",
+        lora_target="all",
+        per_device_train_batch_size=4,
+        learning_rate=1.0e-3,
+        max_steps=3,
+        logging_steps=1,
+        save_steps=2,
+        plot_loss=True,
+        overwrite_cache=True,
+        seed=42,
+    )
+    config.update(overrides)  # may replace any of the above, the paths included
     return config
 
 

@@ -6,7 +6,7 @@ every single frame has the same distribution in every class: only the motion ove
 """
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -127,6 +127,28 @@ def make_motion_dataset(
 
     register_datasets(out_dir, {dataset_name: {} for dataset_name in files})  # keeps the other datasets
     return files
+
+
+def motion_stage_config(model_dir: str, data_dir: str, output_dir: str, **overrides: Any) -> dict[str, Any]:
+    r"""The ``action_cls`` arguments that train ``model_dir`` (a tiny Qwen2-VL) on ``motion_train`` in ``data_dir``.
+
+    What the tests and benchmarks share; each adds its own recipe (finetuning type, steps, learning rate) on top.
+    """
+    return {
+        "model_name_or_path": model_dir,
+        "stage": "action_cls",
+        "do_train": True,
+        "dataset": "motion_train",
+        "dataset_dir": data_dir,
+        "media_dir": data_dir,
+        "template": "qwen2_vl",
+        "cutoff_len": 1024,
+        "video_fps": 8,
+        "output_dir": output_dir,
+        "num_action_classes": len(DIRECTIONS),
+        "report_to": "none",
+        **overrides,
+    }
 
 
 def write_video_qa_demo(out_dir: str, action_examples: list[dict], name: str = "mllm_video_demo") -> str:
