@@ -37,12 +37,12 @@ def test_api_predictions_equal_the_trainers(tiny_model, trained):
     assert len(results) == len(records)
     for result, record in zip(results, records):
         assert result["video"] == record["videos"][0] and result["predicted"] == record["predicted"]
-        for ours, theirs in zip(result["top_k"], record["top_k"]):
+        for ours, theirs in zip(result["classes"], record["classes"]):
             assert ours["class"] == theirs["class"]
             assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
 
     single = classifier.predict(videos[0], top_k=2)
-    assert single["predicted"] == results[0]["predicted"] and len(single["top_k"]) == 2
+    assert single["predicted"] == results[0]["predicted"] and len(single["classes"]) == 2
     assert single["name"] == str(single["predicted"])  # no label names in this run: ids as names
 
 
@@ -103,7 +103,7 @@ def test_classify_command_writes_jsonl(tiny_model, trained, motion_data, tmp_pat
     assert "not-a-video.mp4" in lines[2]["error"] and lines[2]["error_kind"] == "video unreadable"
     del lines[2]
     assert [line["predicted"] for line in lines] == [record["predicted"] for record in records[:3]]
-    assert all(len(line["top_k"]) == 3 for line in lines)
+    assert all(len(line["classes"]) == 3 for line in lines)
 
 
 def test_export_is_self_contained(tiny_model, trained, tmp_path):
@@ -145,7 +145,7 @@ def test_one_bad_file_costs_only_its_own_result(tiny_model, trained, motion_data
     classified = [result for result in results if "error" not in result]
     for result, expected in zip(classified, classifier.predict(good, top_k=2), strict=True):
         assert result["video"] == expected["video"] and result["predicted"] == expected["predicted"]
-        assert result["top_k"][0]["probability"] == pytest.approx(expected["top_k"][0]["probability"], abs=1e-5)
+        assert result["classes"][0]["probability"] == pytest.approx(expected["classes"][0]["probability"], abs=1e-5)
     failed = {result["video"]: result for result in results if "error" in result}
     assert set(failed) == {*map(str, broken.values()), str(tmp_path / "missing.mp4")}
     for video, result in failed.items():
@@ -160,3 +160,14 @@ def test_a_processing_failure_keeps_its_kind():
     err = media_error(RuntimeError("bad config"), "video a.mp4", "a.mp4")
     assert err.kind == "processing failed" and "RuntimeError: bad config" in str(err)
     assert media_error(FileNotFoundError(2, "No such file"), "video a.mp4", "a.mp4").kind == "video unreadable"
+
+
+def test_non_finite_logits_are_each_videos_error(tiny_model, trained):
+    output_dir, records = trained
+    classifier = ActionClassifier.from_pretrained(tiny_model, adapter=str(output_dir))
+    with torch.no_grad():  # an fp16 overflow, as a GPU may produce it
+        classifier.model.action_decoder.net.bias[0] = float("nan")
+    results = classifier.predict([record["videos"][0] for record in records[:2]], top_k=2)
+    assert [result["error_kind"] for result in results] == ["non_finite", "non_finite"]
+    assert "NaN" in results[0]["error"] and "classes" not in results[0]
+    json.dumps(results, allow_nan=False)  # no literal NaN reaches JSON

@@ -175,7 +175,7 @@ def _drive_board(page, url: str, work_dir: Path, tiny_model: str, motion_data: s
     page.get_by_role("button", name="Classify").click()
     top_class = page.get_by_text(re.compile(r"^Top class: ")).filter(visible=True)
     expect(top_class).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
-    assert top_class.inner_text().split(": ", 1)[1].split(" (")[0] == first["predicted_name"]
+    assert top_class.inner_text().split(": ", 1)[1].split(" (")[0] == first["name"]
     # the sampled frames: the training reader's choice at the head's saved settings, each captioned
     clip = str(Path(motion_data) / first["videos"][0])
     preprocessing = load_head_config(str(run_dir))["preprocessing"]

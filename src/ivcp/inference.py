@@ -21,9 +21,8 @@ from .data.context import ActionDataError, media_error
 from .data.videos import check_video
 from .model import load_action_model, load_action_tokenizer
 from .model.action_decoder import head_arguments, load_head_config
+from .model.decoding import class_names, decode
 from .model.loader import find_head_directory
-from .model.multi_label import MULTI_LABEL, decode_multi_label
-from .train.action_cls.metric import class_names, rank_classes
 
 
 if TYPE_CHECKING:
@@ -221,7 +220,7 @@ class ActionClassifier:
         return torch.stack(rows)
 
     def result(self, video: str, outcome: torch.Tensor | ActionDataError, top_k: int) -> dict[str, Any]:
-        r"""The JSON-ready result of one video: its top-k classes, or ``error`` (naming the file) and its kind."""
+        r"""The JSON-ready result of one video (:mod:`ivcp.model.decoding`'s shape), or its ``error`` and kind."""
         if isinstance(outcome, ActionDataError):
             return {"video": video, "error": str(outcome), "error_kind": outcome.kind}
 
@@ -250,30 +249,18 @@ class ActionClassifier:
         batch_size: int = 8,
         progress: bool = False,
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        r"""Top-k classes with probabilities (and names when known) for one video or a list of videos.
+        r"""Top-k classes with probabilities and names for one video or a list of videos.
 
-        A multi-label head returns every class at or above its threshold instead (``top_k`` is not used).
+        Each result is ``{"video", "predicted", "name", "classes"}`` (see :mod:`ivcp.model.decoding`); a multi-label
+        head returns every class at or above its threshold instead (``"names"``; ``top_k`` is not used).
 
-        A video that cannot be read or processed gets ``{"video", "error", "error_kind"}`` instead; the others are
-        classified.
+        A video that cannot be read or processed, or whose logits are not finite, gets ``{"video", "error",
+        "error_kind"}`` instead; the others are classified.
         """
         single = isinstance(videos, str)
         results = list(self.iter_predict([videos] if single else list(videos), top_k, prompt, batch_size, progress))
         return results[0] if single else results
 
     def decode(self, logits: torch.Tensor, top_k: int = 5) -> list[dict[str, Any]]:
-        r"""The head's own rule: softmax top-k for single-label, sigmoid >= threshold for multi-label heads."""
-        if self.model.problem_type == MULTI_LABEL:
-            return [
-                {
-                    "predicted": [entry["class"] for entry in chosen],
-                    "names": [entry["name"] for entry in chosen],
-                    "classes": chosen,
-                }
-                for chosen in decode_multi_label(logits, self.model.threshold, self.names)
-            ]
-
-        return [
-            {"predicted": top[0]["class"], "name": top[0]["name"], "top_k": top}
-            for top in rank_classes(logits, top_k, self.names)
-        ]
+        r"""The head's own rule (:func:`ivcp.model.decoding.decode`): softmax top-k, or sigmoid >= threshold."""
+        return decode(logits, self.model.problem_type, self.model.threshold, self.names, top_k)

@@ -3,7 +3,7 @@
 A clip may show any number of the classes (none included), so every class is an independent yes/no decision: the
 head's logits go through a sigmoid each, the loss is binary cross-entropy against a multi-hot target, and a class is
 predicted when its probability reaches ``action_threshold``. Training, metrics, ``predictions.jsonl`` and inference
-all decode through :func:`decode_multi_label`, so they can never disagree on the rule.
+all decode through :mod:`ivcp.model.decoding`, so they can never disagree on the rule.
 """
 
 from collections.abc import Sequence
@@ -57,17 +57,3 @@ def balanced_pos_weight(targets: np.ndarray) -> np.ndarray:
     defined = (positives > 0) & (negatives > 0)
     weights[defined] = negatives[defined] / positives[defined]
     return weights
-
-
-def decode_multi_label(logits: torch.Tensor, threshold: float, names: list[str] | None = None) -> list[list[dict]]:
-    r"""Per row, the classes whose sigmoid probability is >= ``threshold``, most probable first.
-
-    Each entry is ``{"class", "probability"}``, plus ``"name"`` given names; a row may be empty (no class present).
-    """
-    probabilities = logits.float().sigmoid()
-    rows = []
-    for row in probabilities.tolist():
-        chosen = sorted((c for c, p in enumerate(row) if p >= threshold), key=lambda c: -row[c])
-        rows.append([{"class": c, "probability": row[c], **({"name": names[c]} if names else {})} for c in chosen])
-
-    return rows

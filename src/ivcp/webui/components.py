@@ -15,7 +15,6 @@ from .control import (
     probability_chart,
     result_markdown,
     sampled_frames,
-    shown_classes,
 )
 from .options import ACTION_OPTIONS, create_option_widget
 
@@ -100,7 +99,7 @@ class TryIt:
         if "error" in result:
             raise gr.Error(result["error"])
 
-        classes = shown_classes(result)
+        classes = result["classes"]  # the top-k, or every class at or above a multi-label head's threshold
         frames = sampled_frames(video, *classifier.video_settings)
         return probability_chart(classes), result_markdown(classes, ALERTS["info_action_top_class"][lang]), frames
 

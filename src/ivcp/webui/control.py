@@ -136,11 +136,6 @@ def probability_chart(top_k: list[dict[str, Any]]) -> "Figure":
     return figure
 
 
-def shown_classes(result: dict[str, Any]) -> list[dict[str, Any]]:
-    r"""The classes a result shows: the top-k of a single-label head, those above the threshold of a multi-label one."""
-    return result["top_k"] if "top_k" in result else result["classes"]
-
-
 def result_markdown(classes: list[dict[str, Any]], title: str) -> str:
     r"""The top class, then every shown class with its probability."""
     rows = [f"| {item['class']} | {item.get('name', '')} | {item['probability']:.2%} |" for item in classes]
