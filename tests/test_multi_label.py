@@ -12,8 +12,8 @@ from ivcp.cli import main
 from ivcp.data import ActionDataError
 from ivcp.demo.object_videos import COLOURS, PROMPT, make_object_dataset
 from ivcp.inference import ActionClassifier
-from ivcp.model.action_decoder import load_head_config
 from ivcp.model.decoding import decode
+from ivcp.model.head_config import load_head_config
 from ivcp.model.multi_label import balanced_pos_weight, multi_hot, multi_label_loss
 from ivcp.train.action_cls.metric import multi_label_metrics
 

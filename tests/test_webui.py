@@ -17,7 +17,7 @@ import ivcp
 from ivcp import integration
 from ivcp.data.video_reader import plan_video
 from ivcp.demo.motion_videos import DIRECTIONS
-from ivcp.model.action_decoder import load_head_config
+from ivcp.model.head_config import load_head_config
 
 from .conftest import read_json, start_command
 

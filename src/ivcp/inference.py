@@ -20,8 +20,8 @@ from .data import ActionDataCollator, ActionDatasetProcessor
 from .data.context import ActionDataError, media_error
 from .data.videos import check_video
 from .model import load_action_model, load_action_tokenizer
-from .model.action_decoder import head_arguments, load_head_config
 from .model.decoding import class_names, decode
+from .model.head_config import head_arguments, load_head_config
 from .model.loader import find_head_directory
 
 
@@ -66,13 +66,14 @@ class ActionClassifier:
             "adapter_name_or_path": adapter,
             "action_decoder_path": action_decoder_path,
             "stage": ACTION_STAGE,
-            **head_arguments(head_config),
-            **kwargs,
+            **head_arguments(head_config, kwargs),  # the user's arguments win (see ivcp.model.head_config)
         }
         model_args, data_args, finetuning_args, _ = get_infer_args({k: v for k, v in args.items() if v is not None})
         model_args.device_map = None  # one device, chosen below: "auto" would shard the tiny head away
         tokenizer_module, template = load_action_tokenizer(model_args, data_args)
-        model = load_action_model(tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False)
+        model = load_action_model(
+            tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False, data_args=data_args
+        )
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         encoder = ActionDatasetProcessor(
             template=template,

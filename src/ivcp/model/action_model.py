@@ -16,6 +16,7 @@ from transformers.utils import ModelOutput
 
 from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder
 from .backbone import final_hidden_states
+from .head_config import to_config
 from .layers import decoder_layers
 from .loss import ActionLoss
 from .multi_label import MULTI_LABEL, SINGLE_LABEL, multi_label_loss
@@ -53,6 +54,7 @@ class ActionClassificationModel(nn.Module):
         router_aux_loss_coef: float | None = None,
         problem_type: str = SINGLE_LABEL,
         threshold: float = 0.5,
+        options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -62,7 +64,7 @@ class ActionClassificationModel(nn.Module):
         self.router_aux_loss_coef = router_aux_loss_coef  # None: no router loss (dense model, or not asked for)
         self.problem_type = problem_type
         self.threshold = threshold  # multi-label decoding, saved with the head
-        self.preprocessing: dict[str, Any] = {}  # the data settings inference must reuse (saved with the head)
+        self.options = dict(options or {})  # the run's saved options by argument name (``head_config.HEAD_OPTIONS``)
         self.loss_fn = ActionLoss()  # the objective (saved with the head)
         layers = decoder_layers(self.base_model)  # `action_hidden_layer` deleted the layers above the classified one
         self.hidden_layer = len(layers) - 1 if layers is not None else None
@@ -127,14 +129,19 @@ class ActionClassificationModel(nn.Module):
         return ActionClassifierOutput(loss=loss, logits=logits, aux_loss=aux_loss)
 
     def head_config(self) -> dict[str, Any]:
+        r"""What ``action_decoder_config.json`` holds: the saved options (with this model's resolved values), names, loss."""
+        resolved = {
+            "hidden_size": self.action_decoder.hidden_size,
+            "action_decoder_hidden_size": self.action_decoder.decoder_hidden_size,
+            "action_hidden_layer": self.hidden_layer,
+            "action_problem_type": self.problem_type,
+            "action_threshold": self.threshold,
+        }
         return {
             "action_token": ACTION_TOKEN,
             "action_token_id": self.action_token_id,
             "label_names": self.label_names,
-            "problem_type": self.problem_type,
-            "threshold": self.threshold,
-            "preprocessing": self.preprocessing,
-            "hidden_layer": self.hidden_layer,
+            **to_config({**self.options, **resolved}),
             **self.loss_fn.config.to_dict(),
         }
 

@@ -13,9 +13,10 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..data.video_plugin import with_video_reader
 from ..integration import action_processor
-from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head, load_head_config
+from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head
 from .action_model import ActionClassificationModel
 from .backbone import check_poolable, router_aux_loss_coef
+from .head_config import check_head_config, load_head_config, run_options, saved_arguments
 from .loss import ActionLoss, ActionLossConfig
 
 
@@ -106,8 +107,13 @@ def load_action_model(
     finetuning_args: "ActionFinetuningArguments",
     is_trainable: bool,
     label_names: list[str] | None = None,
+    data_args: "DataArguments | None" = None,
 ) -> ActionClassificationModel:
-    r"""Load the backbone the LLaMA-Factory way (LoRA / freeze / full) and put the action head on it."""
+    r"""Load the backbone the LLaMA-Factory way (LoRA / freeze / full) and put the action head on it.
+
+    The saved options (``head_config.HEAD_OPTIONS``) are this run's arguments; without ``data_args`` (export), the
+    data settings are those saved with the head.
+    """
     action_token_id = tokenizer.convert_tokens_to_ids(ACTION_TOKEN)
     num_real_tokens = min(action_token_id, len(tokenizer))
     backbone = load_model(tokenizer, model_args, finetuning_args, is_trainable)
@@ -145,11 +151,11 @@ def load_action_model(
         router_aux_loss_coef=router_aux_loss_coef(backbone, model_args.moe_aux_loss_coef) if is_trainable else None,
         problem_type=finetuning_args.action_problem_type,
         threshold=finetuning_args.action_threshold,
+        options={**saved_arguments(head_config or {}), **run_options(model_args, data_args, finetuning_args)},
     )
-    model.preprocessing = (head_config or {}).get("preprocessing", {})
     model.loss_fn = ActionLoss(ActionLossConfig.from_head_config(head_config))  # a training run sets its own
     if head_directory is not None:
-        _check_head_config(head_directory, head_config, model)
+        check_head_config(head_directory, head_config, model.head_config())
         model.load_head(head_directory)
         logger.info_rank0(f"Loaded the action head from {head_directory}.")
 
@@ -163,27 +169,3 @@ def load_action_model(
         model.eval()
 
     return model
-
-
-def _check_head_config(directory: str, config: dict | None, model: ActionClassificationModel) -> None:
-    if config is None:
-        return
-
-    saved_layer = config.get("hidden_layer")
-    if saved_layer is not None and model.hidden_layer is not None and saved_layer != model.hidden_layer:
-        raise ValueError(
-            f"The action head in {directory} classifies LLM layer {saved_layer}, but this run uses layer "
-            f"{model.hidden_layer}: set `action_hidden_layer: {saved_layer}`."
-        )
-
-    wanted_values = {**model.action_decoder.get_config(), "problem_type": model.problem_type}
-    for key, option in (
-        ("num_classes", "num_action_classes"),
-        ("hidden_size", None),
-        ("decoder_type", "action_decoder_type"),
-        ("problem_type", "action_problem_type"),
-    ):
-        saved, wanted = config.get(key), wanted_values[key]
-        if saved is not None and saved != wanted:
-            fix = f"set `{option}: {saved}`" if option else "use a head trained on this model"
-            raise ValueError(f"The action head in {directory} has {key}={saved}, but this run has {wanted}: {fix}.")

@@ -12,8 +12,8 @@ from llamafactory.train.trainer_utils import create_modelcard_and_push
 from ...data import ActionDataCollator, get_action_dataset
 from ...data.label_names import check_label_names, read_label_names
 from ...model import load_action_model, load_action_tokenizer
-from ...model.action_decoder import load_head_config
 from ...model.backbone import check_family
+from ...model.head_config import load_head_config
 from ...model.loader import find_head_directory
 from ...model.loss import BALANCED, ActionLoss, ActionLossConfig, format_class_weights, resolve_class_weights
 from ...model.multi_label import MULTI_LABEL, SINGLE_LABEL, balanced_pos_weight
@@ -36,14 +36,6 @@ logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's
 
 LABEL_NAMES = ["action_labels"]
 PLOTTED_METRICS = {SINGLE_LABEL: ["eval_accuracy", "eval_macro_f1"], MULTI_LABEL: ["eval_mAP", "eval_micro_f1"]}
-PREPROCESSING_MODEL_ARGS = (
-    "image_max_pixels",
-    "image_min_pixels",
-    "video_max_pixels",
-    "video_min_pixels",
-    "video_fps",
-    "video_maxlen",
-)
 
 
 def check_action_cls_args(
@@ -170,16 +162,11 @@ def run_action_cls(
         model_args, data_args, training_args, finetuning_args
     )
     model = load_action_model(
-        tokenizer_module["tokenizer"], model_args, finetuning_args, training_args.do_train, label_names
+        tokenizer_module["tokenizer"], model_args, finetuning_args, training_args.do_train, label_names, data_args
     )
     model.loss_fn = ActionLoss(
         action_loss_config(finetuning_args, training_args, label_names, dataset_module, model.loss_fn.config)
     )
-    model.preprocessing = {
-        "template": data_args.template,
-        "cutoff_len": data_args.cutoff_len,
-        **{name: getattr(model_args, name) for name in PREPROCESSING_MODEL_ARGS},
-    }
     data_collator = ActionDataCollator(
         template=template,
         model=model.backbone,
