@@ -14,7 +14,8 @@ from ivcp.demo.object_videos import COLOURS, PROMPT, make_object_dataset
 from ivcp.inference import ActionClassifier
 from ivcp.model.decoding import decode
 from ivcp.model.head_config import load_head_config
-from ivcp.model.multi_label import balanced_pos_weight, multi_hot, multi_label_loss
+from ivcp.model.loss import ActionLoss, ActionLossConfig
+from ivcp.model.multi_label import balanced_pos_weight, multi_hot
 from ivcp.train.action_cls.metric import multi_label_metrics
 
 from .conftest import base_config, read_json, run_cli
@@ -48,9 +49,10 @@ def test_loss_targets_decoding_and_balanced_positive_weights():
     logits, targets = torch.tensor([[2.0, -1.0], [0.5, 0.0]]), torch.tensor([[1, 0], [0, 1]])
     p = torch.sigmoid(logits)
     by_hand = -(torch.log(p[0, 0]) + torch.log(1 - p[0, 1]) + torch.log(1 - p[1, 0]) + torch.log(p[1, 1])) / 4
-    assert multi_label_loss(logits, targets).item() == pytest.approx(by_hand.item())
+    assert ActionLoss(problem_type="multi_label")(logits, targets).item() == pytest.approx(by_hand.item())
     weighted = -(3 * torch.log(p[0, 0]) + torch.log(1 - p[0, 1]) + torch.log(1 - p[1, 0]) + torch.log(p[1, 1])) / 4
-    assert multi_label_loss(logits, targets, torch.tensor([3.0, 1.0])).item() == pytest.approx(weighted.item())
+    positive_weights = ActionLoss(ActionLossConfig(class_weights=[3.0, 1.0]), "multi_label")
+    assert positive_weights(logits, targets).item() == pytest.approx(weighted.item())
 
     train = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]])
     # negatives / positives: 1/3, 3/1; the class without a positive keeps 1

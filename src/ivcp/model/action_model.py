@@ -19,7 +19,7 @@ from .backbone import final_hidden_states
 from .head_config import to_config
 from .layers import decoder_layers
 from .loss import ActionLoss
-from .multi_label import MULTI_LABEL, SINGLE_LABEL, multi_label_loss
+from .multi_label import SINGLE_LABEL
 
 
 BACKBONE_PREFIX = "backbone."
@@ -55,6 +55,7 @@ class ActionClassificationModel(nn.Module):
         problem_type: str = SINGLE_LABEL,
         threshold: float = 0.5,
         options: dict[str, Any] | None = None,
+        loss_fn: ActionLoss | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -65,7 +66,7 @@ class ActionClassificationModel(nn.Module):
         self.problem_type = problem_type
         self.threshold = threshold  # multi-label decoding, saved with the head
         self.options = dict(options or {})  # the run's saved options by argument name (``head_config.HEAD_OPTIONS``)
-        self.loss_fn = ActionLoss()  # the objective (saved with the head)
+        self.loss_fn = loss_fn or ActionLoss(problem_type=problem_type)  # the objective (saved with the head)
         layers = decoder_layers(self.base_model)  # `action_hidden_layer` deleted the layers above the classified one
         self.hidden_layer = len(layers) - 1 if layers is not None else None
         # its own parameter, so it can have its own learning rate and is saved with the head
@@ -119,10 +120,7 @@ class ActionClassificationModel(nn.Module):
         logits = self.action_decoder(pooled)
         loss = None
         if action_labels is not None:
-            if self.problem_type == MULTI_LABEL:  # multi-hot [batch, classes]
-                loss = multi_label_loss(logits, action_labels, self.loss_fn.weight)  # class weights: positive weights
-            else:
-                loss = self.loss_fn(logits, action_labels)
+            loss = self.loss_fn(logits, action_labels)
             if aux_loss is not None:
                 loss = loss + self.router_aux_loss_coef * aux_loss.to(loss.device)
 

@@ -101,6 +101,16 @@ def find_head_directory(
     return None
 
 
+def find_head(
+    model_args: "ModelArguments", finetuning_args: "ActionFinetuningArguments"
+) -> tuple[str | None, dict | None]:
+    r"""The run's head folder (:func:`find_head_directory`) and its saved config, either None when there is none."""
+    head_directory = find_head_directory(
+        finetuning_args.action_decoder_path, model_args.adapter_name_or_path, model_args.model_name_or_path
+    )
+    return head_directory, load_head_config(head_directory) if head_directory else None
+
+
 def load_action_model(
     tokenizer: "PreTrainedTokenizer",
     model_args: "ModelArguments",
@@ -108,11 +118,13 @@ def load_action_model(
     is_trainable: bool,
     label_names: list[str] | None = None,
     data_args: "DataArguments | None" = None,
+    loss_config: ActionLossConfig | None = None,
 ) -> ActionClassificationModel:
     r"""Load the backbone the LLaMA-Factory way (LoRA / freeze / full) and put the action head on it.
 
-    The saved options (``head_config.HEAD_OPTIONS``) are this run's arguments; without ``data_args`` (export), the
-    data settings are those saved with the head.
+    The model is built once, with its loss (``loss_config``, else the objective saved with the head) and the saved
+    options (``head_config.HEAD_OPTIONS``) of this run's arguments; without ``data_args`` (export), the data settings
+    are those saved with the head.
     """
     action_token_id = tokenizer.convert_tokens_to_ids(ACTION_TOKEN)
     num_real_tokens = min(action_token_id, len(tokenizer))
@@ -121,16 +133,13 @@ def load_action_model(
     resize_embedding_layer(backbone, tokenizer)  # no-op when the table has spare rows (Qwen2-VL has ~280)
     _freeze_untied_lm_head(backbone)
 
-    head_directory = find_head_directory(
-        finetuning_args.action_decoder_path, model_args.adapter_name_or_path, model_args.model_name_or_path
-    )
+    head_directory, head_config = find_head(model_args, finetuning_args)
     if head_directory is None and not is_trainable:
         raise ValueError(
             "No trained action head found: pass the adapter of an action_cls run as `adapter_name_or_path`, "
             "or its output_dir as `action_decoder_path`."
         )
 
-    head_config = load_head_config(head_directory) if head_directory else None
     if head_config is not None and label_names is None:
         label_names = head_config.get("label_names")
 
@@ -152,8 +161,10 @@ def load_action_model(
         problem_type=finetuning_args.action_problem_type,
         threshold=finetuning_args.action_threshold,
         options={**saved_arguments(head_config or {}), **run_options(model_args, data_args, finetuning_args)},
+        loss_fn=ActionLoss(
+            loss_config or ActionLossConfig.from_head_config(head_config), finetuning_args.action_problem_type
+        ),
     )
-    model.loss_fn = ActionLoss(ActionLossConfig.from_head_config(head_config))  # a training run sets its own
     if head_directory is not None:
         check_head_config(head_directory, head_config, model.head_config())
         model.load_head(head_directory)

@@ -9,8 +9,6 @@ all decode through :mod:`ivcp.model.decoding`, so they can never disagree on the
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 SINGLE_LABEL = "single_label"
@@ -25,21 +23,6 @@ def multi_hot(classes: Sequence[int], num_classes: int) -> list[int]:
         target[label] = 1
 
     return target
-
-
-def multi_label_loss(
-    logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    r"""Binary cross-entropy on the logits against multi-hot ``targets``, averaged over examples and classes.
-
-    ``pos_weight`` (one value per class) multiplies the loss of each class's positive examples, as in
-    :class:`torch.nn.BCEWithLogitsLoss`.
-    """
-    logits = logits.float()
-    if pos_weight is not None:
-        pos_weight = pos_weight.to(device=logits.device, dtype=logits.dtype)
-
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits), pos_weight=pos_weight)
 
 
 def balanced_pos_weight(targets: np.ndarray) -> np.ndarray:
