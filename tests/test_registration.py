@@ -6,8 +6,8 @@ import sysconfig
 import pytest
 
 import ivcp
-from ivcp import integration
-from ivcp.integration import flags_to_dotlist
+from ivcp import stage_patches
+from ivcp.hparams.flags import flags_to_dotlist
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,17 +64,16 @@ def test_register_is_idempotent():
 
     ivcp.register()
     first = tuner._training_function
-    integration._registered = False  # force the patching code to run again
-    ivcp.register()
+    ivcp.register(force=True)  # the patching code runs again
     assert tuner._training_function is first
     assert first.__ivcp_original__.__module__ == "llamafactory.train.tuner"
     assert sum(cls.__name__ == "ActionFinetuningArguments" for cls in parser._TRAIN_ARGS) == 1
 
 
 def test_self_check_names_missing_upstream_names(monkeypatch):
-    monkeypatch.setitem(integration.REQUIRED_NAMES, "llamafactory.data.loader", ["no_such_function"])
+    monkeypatch.setitem(stage_patches.REQUIRED_NAMES, "llamafactory.data.loader", ["no_such_function"])
     with pytest.raises(RuntimeError, match=r"llamafactory==0\.9\.5.*llamafactory\.data\.loader\.no_such_function"):
-        integration.self_check()
+        stage_patches.self_check()
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import ivcp
-from ivcp import integration
+from ivcp import integration, stage_patches
 from ivcp.data.video_reader import plan_video
 from ivcp.demo.motion_videos import DIRECTIONS
 from ivcp.model.head_config import load_head_config
@@ -271,8 +271,8 @@ def test_register_webui_is_idempotent_and_self_checked(monkeypatch):
     ivcp.register_webui()
     assert list(TRAINING_STAGES.values()).count("action_cls") == 1
     for patched in (interface.create_train_tab, interface.create_eval_tab, runner.Runner._parse_eval_args):
-        assert not hasattr(getattr(patched, integration.PATCHED_MARK), integration.PATCHED_MARK)  # wrapped once
+        assert not hasattr(getattr(patched, stage_patches.PATCHED_MARK), stage_patches.PATCHED_MARK)  # wrapped once
 
     monkeypatch.setitem(integration.WEBUI_REQUIRED_NAMES, "llamafactory.webui.runner", ["Runner.no_such_method"])
     with pytest.raises(RuntimeError, match=r"llamafactory\.webui\.runner\.Runner\.no_such_method"):
-        integration.self_check(integration.WEBUI_REQUIRED_NAMES)
+        stage_patches.self_check(integration.WEBUI_REQUIRED_NAMES)

@@ -10,7 +10,7 @@ from typing import Any
 from llamafactory.hparams import DataArguments, ModelArguments
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
-from . import ACTION_STAGE, register
+from .constants import ACTION_STAGE
 from .data import ActionDataConfig, ActionDatasetProcessor
 from .data.check import DataReport, check_action_data, load_aligned_datasets
 from .data.label_names import check_label_names, find_label_names
@@ -19,6 +19,7 @@ from .hparams.checks import check_action_cls_args
 from .model import load_action_tokenizer
 from .model.loader import find_head
 from .model.multi_label import MULTI_LABEL
+from .stage_patches import register_stage as register
 
 
 def check_data(config: dict[str, Any], num_workers: int | None = None) -> DataReport:

@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from . import DEFAULT_PROMPT, show_frames
+from . import show_frames
+from .constants import DEFAULT_PROMPT
 
 
 def _classify(args: argparse.Namespace) -> int:

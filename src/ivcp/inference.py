@@ -15,7 +15,7 @@ from llamafactory.extras import logging
 from llamafactory.hparams import get_infer_args
 from tqdm import tqdm
 
-from . import ACTION_STAGE, DEFAULT_PROMPT, register
+from .constants import ACTION_STAGE, DEFAULT_PROMPT
 from .data import ActionDataCollator, ActionDatasetProcessor
 from .data.context import ActionDataError, media_error
 from .data.videos import check_video
@@ -23,6 +23,7 @@ from .model import load_action_model, load_action_tokenizer
 from .model.decoding import class_names, decode
 from .model.head_config import head_arguments, load_head_config
 from .model.loader import find_head_directory
+from .stage_patches import register_stage as register
 
 
 if TYPE_CHECKING:

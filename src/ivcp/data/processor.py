@@ -12,7 +12,7 @@ from typing import Any
 
 from llamafactory.data.processor.processor_utils import DatasetProcessor
 
-from .. import DEFAULT_PROMPT
+from ..constants import DEFAULT_PROMPT
 from ..model.action_decoder import ACTION_TOKEN
 from ..model.multi_label import multi_hot
 from .context import ActionDataError, MediaSupportError, describe_example, media_error

@@ -12,12 +12,12 @@ from peft import PeftModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..data.video_plugin import with_video_reader
-from ..integration import action_processor
 from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head
 from .action_model import ActionClassificationModel
 from .backbone import check_poolable, router_aux_loss_coef
 from .head_config import check_head_config, load_head_config, run_options, saved_arguments
 from .loss import ActionLoss, ActionLossConfig
+from .video_processor import action_processor
 
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from llamafactory.hparams import read_args
 from omegaconf import OmegaConf
 from peft import PeftModel
 
-from .. import ACTION_STAGE
-from ..integration import flags_to_dotlist
+from ..constants import ACTION_STAGE
+from ..hparams.flags import flags_to_dotlist
 from ..model import ActionClassificationModel, add_action_token, load_action_model
 from ..model.head_config import head_arguments, load_head_config
 from ..model.loader import find_head_directory

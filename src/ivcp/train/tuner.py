@@ -19,7 +19,7 @@ from llamafactory.train.callbacks import (
 from llamafactory.train.trainer_utils import get_swanlab_callback
 from transformers import EarlyStoppingCallback
 
-from .. import ACTION_STAGE
+from ..constants import ACTION_STAGE
 from .action_cls import run_action_cls
 
 

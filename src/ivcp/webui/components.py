@@ -8,7 +8,7 @@ from llamafactory.extras.constants import TRAINING_STAGES
 from llamafactory.webui.common import get_save_dir
 from llamafactory.webui.locales import ALERTS
 
-from .. import ACTION_STAGE
+from ..constants import ACTION_STAGE
 from .control import (
     checkpoint_location,
     load_action_results,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from llamafactory.extras.constants import PEFT_METHODS
 from llamafactory.webui.common import get_save_dir, load_dataset_info
 
-from .. import ACTION_STAGE
+from ..constants import ACTION_STAGE
 from ..model.head_config import head_arguments, load_head_config
 from ..model.loader import find_head_directory
 from .options import ACTION_OPTIONS, option_arguments
