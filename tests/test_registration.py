@@ -105,3 +105,32 @@ def test_train_script_moves_yaml_first_and_drops_local_rank(monkeypatch):
     assert normalize_argv(["train.py", "--local_rank", "0", "x.yml"]) == ["train.py", "x.yml"]
     flags = ["train.py", "--local_rank=0", "--deepspeed", "ds_z3_config.json", "--stage", "action_cls"]
     assert normalize_argv(flags) == flags  # flags alone: --local_rank is a TrainingArguments field
+
+
+@pytest.mark.parametrize("under_ray", [False, True])
+def test_action_runs_go_through_upstreams_training_function(tiny_model, motion_data, tmp_path, monkeypatch, under_ray):
+    r"""Upstream builds the callbacks and keeps its Ray early return and its process-group teardown."""
+    from types import SimpleNamespace
+
+    from llamafactory.train import tuner
+    from llamafactory.train.callbacks import LogCallback, ReporterCallback
+
+    from ivcp.train import tuner as action_tuner
+
+    from .conftest import base_config
+
+    ivcp.register()
+    runs, destroyed = [], []
+    monkeypatch.setattr(action_tuner, "run_action_cls", lambda *args: runs.append(args))
+    monkeypatch.setattr(
+        tuner, "dist", SimpleNamespace(is_initialized=lambda: True, destroy_process_group=lambda: destroyed.append(1))
+    )
+    monkeypatch.setattr(tuner, "is_ray_available", lambda: under_ray)
+    monkeypatch.setattr(tuner, "ray", SimpleNamespace(is_initialized=lambda: True), raising=False)
+    tuner._training_function({"args": base_config(tiny_model, motion_data, str(tmp_path / "out")), "callbacks": []})
+
+    ((_, _, _, finetuning_args, callbacks),) = runs
+    assert finetuning_args.stage == "action_cls"
+    assert isinstance(callbacks[0], LogCallback) and isinstance(callbacks[-1], ReporterCallback)
+    assert destroyed == ([] if under_ray else [1])
+    assert tuner.run_rm.__module__ == "llamafactory.train.rm.workflow"  # swapped for the call only

@@ -31,13 +31,22 @@ _webui_registered = False
 
 
 def _training_function_wrapper(original: Callable) -> Callable:
+    r"""An action_cls run goes through upstream's own function (callbacks, Ray return, teardown) with its dispatch.
+
+    ``get_train_args`` and ``run_rm`` of the tuner module are swapped for the call (see ``ivcp.train.tuner``).
+    """
+
     def _training_function(config: dict[str, Any]) -> None:
-        from .train.tuner import requests_action_stage, run_action_training
+        from llamafactory.train import tuner
 
-        if requests_action_stage(config.get("args")):
-            return run_action_training(config)
+        from .train.tuner import ActionDispatch, requests_action_stage
 
-        return original(config)
+        if not requests_action_stage(config.get("args")):
+            return original(config)
+
+        dispatch = ActionDispatch(tuner.get_train_args)
+        with swapped(tuner, get_train_args=dispatch.get_train_args, run_rm=dispatch.run_rm):
+            return original(config)
 
     return _training_function
 

@@ -26,6 +26,8 @@ REQUIRED_NAMES = {
     "llamafactory.train.tuner": [
         "_training_function",
         "read_args",
+        "get_train_args",
+        "run_rm",
         "run_exp",
         "export_model",
         "load_model",
