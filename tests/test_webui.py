@@ -276,3 +276,14 @@ def test_register_webui_is_idempotent_and_self_checked(monkeypatch):
     monkeypatch.setitem(integration.WEBUI_REQUIRED_NAMES, "llamafactory.webui.runner", ["Runner.no_such_method"])
     with pytest.raises(RuntimeError, match=r"llamafactory\.webui\.runner\.Runner\.no_such_method"):
         stage_patches.self_check(integration.WEBUI_REQUIRED_NAMES)
+
+
+def test_the_self_check_covers_the_layout_edit(monkeypatch):
+    from types import SimpleNamespace
+
+    from ivcp.webui import components
+
+    components.check_layout_api()  # the installed Gradio holds what ActionTrainBox.attach edits
+    monkeypatch.setattr(components, "Context", SimpleNamespace(block=None))  # as if Gradio dropped Context.block
+    with pytest.raises(RuntimeError, match=r"`Context.block` and a container's `children` list"):
+        components.check_layout_api()

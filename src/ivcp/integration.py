@@ -190,8 +190,10 @@ def register_webui() -> None:
     from llamafactory.webui import interface, locales, runner
     from llamafactory.webui.components import train
 
+    from .webui.components import check_layout_api
     from .webui.locales import install_locales
 
+    check_layout_api()
     TRAINING_STAGES.setdefault(ACTION_STAGE_TITLE, ACTION_STAGE)  # in place: the web UI imported it by name
     install_locales(locales.LOCALES, locales.ALERTS)
     patch(interface, "create_train_tab", _create_train_tab_wrapper)

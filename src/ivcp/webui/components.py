@@ -26,6 +26,26 @@ if TYPE_CHECKING:
     from ..inference import ActionClassifier
 
 
+def check_layout_api() -> None:
+    r"""Fail loudly if Gradio's layout no longer works as :meth:`ActionTrainBox.attach` needs (part of the self-check).
+
+    Gradio has no public way to place a block before one already built, so the accordion is moved within its tab's
+    ``children`` list: a container's ``children`` must be a list holding the blocks built in it, in order, and
+    ``Context.block`` the container being built.
+    """
+    with gr.Blocks(), gr.Column() as column:
+        current = Context.block
+        first, second = gr.Markdown(), gr.Markdown()
+
+    children = getattr(column, "children", None)
+    if current is not column or not isinstance(children, list) or children[-2:] != [first, second]:
+        raise RuntimeError(
+            f"IVCP places its Train-tab options through Gradio's `Context.block` and a container's `children` list, "
+            f"which gradio {gr.__version__} does not provide as expected: install the gradio version LLaMA-Factory "
+            "0.9.5 pins, or set IVCP_DISABLE=1."
+        )
+
+
 class ActionTrainBox:
     r"""The action_cls options, in an accordion of the Train tab shown only while the stage is chosen."""
 
@@ -39,7 +59,11 @@ class ActionTrainBox:
         return set(self.widgets.values())
 
     def attach(self, elem_dict: dict[str, "Component"]) -> dict[str, "Component"]:
-        r"""Place the accordion after the stage's basic settings and show it with the stage; the tab's elements."""
+        r"""Place the accordion after the stage's basic settings and show it with the stage; the tab's elements.
+
+        The move edits the tab's ``children`` list (no public Gradio API places a block): ``check_layout_api``
+        verifies that at registration.
+        """
         self.tab.children.remove(self.accordion)
         self.tab.children.insert(self.tab.children.index(elem_dict["extra_tab"]), self.accordion)
         elem_dict["training_stage"].change(
