@@ -9,7 +9,7 @@ from ivcp.data.context import ActionDataError, media_error
 from ivcp.inference import ActionClassifier
 from ivcp.model.action_model import last_token_positions
 
-from .conftest import base_config, run_cli, run_command, write_broken_videos
+from .conftest import base_config, run_cli, run_command, write_broken_videos, write_late_damaged_video
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +171,16 @@ def test_non_finite_logits_are_each_videos_error(tiny_model, trained):
     assert [result["error_kind"] for result in results] == ["non_finite", "non_finite"]
     assert "NaN" in results[0]["error"] and "classes" not in results[0]
     json.dumps(results, allow_nan=False)  # no literal NaN reaches JSON
+
+
+def test_a_video_that_fails_only_when_decoded_is_its_own_error(tiny_model, trained, tmp_path):
+    r"""It plans, so the batch is formed; decoding fails in the collator, and the full check names the file."""
+    output_dir, records = trained
+    good = records[0]["videos"][0]
+    damaged = str(write_late_damaged_video(good, tmp_path / "late.mp4"))
+    classifier = ActionClassifier.from_pretrained(tiny_model, adapter=str(output_dir))
+    assert isinstance(classifier.encode(damaged), dict)  # planning alone does not see the damage
+    results = classifier.predict([good, damaged], top_k=2)
+    assert results[0]["predicted"] == records[0]["predicted"]
+    assert results[1]["video"] == damaged and damaged in results[1]["error"]
+    assert results[1]["error_kind"] == "video unreadable" and "PyAV cannot read" in results[1]["error"]
