@@ -1,7 +1,8 @@
 """The one decoding rule (``ivcp.model.decoding``): its result shape, and non-finite rows as per-row errors."""
 
 import json
-import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -34,11 +35,21 @@ def test_a_non_finite_row_is_its_own_error_and_the_others_decode():
 def test_metrics_leave_out_non_finite_rows_and_say_how_many(caplog):
     logits = np.array([[3.0, 0.0], [0.0, 3.0], [np.nan, 0.0]])
     labels = np.array([0, 1, 1])
-    with caplog.at_level(logging.WARNING):
-        metrics = ComputeActionMetrics(num_classes=2)(EvalPrediction(predictions=logits, label_ids=labels))
+    metrics = ComputeActionMetrics(num_classes=2)(EvalPrediction(predictions=logits, label_ids=labels))
     assert metrics["accuracy"] == 1.0
     assert "1 of 3 evaluation examples have non-finite logits" in caplog.text
 
     targets = np.array([[1, 0], [0, 1], [1, 1]])
     multi = ComputeActionMetrics(num_classes=2, problem_type="multi_label", threshold=0.6)
     assert multi(EvalPrediction(predictions=logits, label_ids=targets))["subset_accuracy"] == 1.0
+
+
+def test_ivcp_info_lines_print_like_llamafactorys():
+    code = (
+        "from llamafactory.extras.logging import get_logger as lf; from ivcp.log import get_logger;"
+        "get_logger('ivcp.inference').info('ivcp line'); lf('llamafactory.x').info('upstream line')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("[INFO|") and "ivcp.inference" in line and "ivcp line" in line for line in lines)
+    assert any("upstream line" in line for line in lines)

@@ -11,7 +11,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-from llamafactory.extras import logging
 from llamafactory.hparams import get_infer_args
 from tqdm import tqdm
 
@@ -19,6 +18,7 @@ from .constants import ACTION_STAGE, DEFAULT_PROMPT
 from .data import ActionDataCollator, ActionDatasetProcessor
 from .data.context import ActionDataError, media_error
 from .data.videos import check_video
+from .log import get_logger
 from .model import load_action_model, load_action_tokenizer
 from .model.decoding import class_names, decode
 from .model.head_config import head_arguments, load_head_config
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .model import ActionClassificationModel
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 class ActionClassifier:

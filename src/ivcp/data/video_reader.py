@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
-from llamafactory.extras import logging
+
+from ..log import get_logger
 
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 HEADER_TOLERANCE = 2  # frames a header may announce beyond those in the stream (AVI muxers add empty chunks)
 REENCODE_HINT = "re-encode it (e.g. `ffmpeg -i in.mp4 -c:v libx264 out.mp4`) or remove it"

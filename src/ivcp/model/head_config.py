@@ -21,12 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llamafactory.extras import logging
-
+from ..log import get_logger
 from .action_decoder import HEAD_CONFIG_NAME
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 PREPROCESSING = "preprocessing"
 

@@ -5,13 +5,13 @@ from typing import TYPE_CHECKING
 
 import torch
 from llamafactory.data import get_template_and_fix_tokenizer
-from llamafactory.extras import logging
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.model.model_utils.embedding import resize_embedding_layer
 from peft import PeftModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..data.video_plugin import with_video_reader
+from ..log import get_logger
 from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head
 from .action_model import ActionClassificationModel
 from .backbone import check_poolable, router_aux_loss_coef
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..hparams import ActionFinetuningArguments
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 def add_action_token(tokenizer: "PreTrainedTokenizer") -> int:

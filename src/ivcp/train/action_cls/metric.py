@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from llamafactory.extras import logging
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -17,11 +16,12 @@ from sklearn.metrics import (
 )
 from transformers import EvalPrediction
 
+from ...log import get_logger
 from ...model.decoding import chosen, class_names, finite_rows, probabilities
 from ...model.multi_label import MULTI_LABEL, SINGLE_LABEL
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 TOP_K = 5
 

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
-from llamafactory.extras import logging
 from llamafactory.train.callbacks import SaveProcessorCallback
 from llamafactory.train.trainer_utils import create_custom_optimizer, create_custom_scheduler
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from typing_extensions import override
 
+from ...log import get_logger
 from ...model.action_decoder import HEAD_WEIGHTS_NAME
 from ...model.decoding import decode, finite_rows, probabilities
 from ...model.multi_label import MULTI_LABEL
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ...model import ActionClassificationModel
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 ACTION_GROUP_NAME = "action_token"
 

@@ -3,7 +3,6 @@
 from typing import TYPE_CHECKING
 
 import numpy as np
-from llamafactory.extras import logging
 from llamafactory.extras.ploting import plot_loss
 from llamafactory.model.loader import load_config
 from llamafactory.train.trainer_utils import create_modelcard_and_push
@@ -11,6 +10,7 @@ from llamafactory.train.trainer_utils import create_modelcard_and_push
 from ...data import ActionDataCollator, get_action_dataset
 from ...data.label_names import resolve_label_names
 from ...hparams.checks import check_action_cls_args
+from ...log import get_logger
 from ...model import load_action_model, load_action_tokenizer
 from ...model.backbone import check_family
 from ...model.loader import find_head
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ...hparams import ActionFinetuningArguments
 
 
-logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's logger: its handlers show INFO
+logger = get_logger(__name__)
 
 LABEL_NAMES = ["action_labels"]
 PLOTTED_METRICS = {SINGLE_LABEL: ["eval_accuracy", "eval_macro_f1"], MULTI_LABEL: ["eval_mAP", "eval_micro_f1"]}
