@@ -106,6 +106,11 @@ def _open(path: str) -> "av.container.InputContainer":
         raise VideoReadError(f"{path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
 
 
+def clear_plan_cache() -> None:
+    r"""Forget the plans of this process (each file is demuxed again on its next read)."""
+    _plan.cache_clear()
+
+
 @lru_cache(maxsize=65536)
 def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int) -> VideoPlan:
     r"""``stamp`` (size, mtime) keys the cache so that a file changed on disk is read again."""

@@ -11,12 +11,18 @@ from functools import lru_cache
 from typing import Any
 
 from .context import ActionDataError
-from .video_reader import VideoPlan, VideoReadError, decode_frames, plan_video
+from .video_reader import VideoPlan, VideoReadError, clear_plan_cache, decode_frames, plan_video
 
 
 @lru_cache(maxsize=65536)  # datasets with many questions per video (VideoEspresso) decode each file once
 def _decode_samples(plan: VideoPlan) -> None:
     decode_frames(plan)  # what the collator decodes; converting it would prove nothing more
+
+
+def clear_read_caches() -> None:
+    r"""Forget which files this process planned and checked: the next check reads each file again."""
+    clear_plan_cache()
+    _decode_samples.cache_clear()
 
 
 def check_video(
