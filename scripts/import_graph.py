@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 PACKAGE = "ivcp"
 LOWER_LAYERS = ("ivcp.model", "ivcp.data", "ivcp.hparams")
-SHARED = ("ivcp.constants",)  # a leaf every layer may import
+SHARED = ("ivcp.constants", "ivcp.log")  # leaves (they import no ivcp module) every layer may import
 
 
 def modules(src_dir: str) -> dict[str, str]:
