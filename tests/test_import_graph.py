@@ -22,6 +22,7 @@ def test_no_circle_longer_than_two_files_and_no_upward_import():
     assert [circle for circle in tool.circles(edges) if len(circle) > 2] == []
     assert tool.upward_imports(edges) == []
     assert not any(target.startswith("ivcp.train") for target in edges["ivcp.inference"])
+    assert {module for module, targets in edges.items() if "ivcp.integration" in targets} == {"ivcp"}  # register()
 
 
 def test_the_tool_finds_a_circle_and_an_upward_import():

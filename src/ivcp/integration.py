@@ -14,7 +14,6 @@ from .constants import ACTION_STAGE
 from .stage_patches import patch, register_stage, self_check, swapped
 
 
-PATCH_MODULES = ("ivcp.stage_patches", "ivcp.integration")
 # LLaMA Board's names: checked when the web UI is loaded (importing them means importing Gradio).
 WEBUI_REQUIRED_NAMES = {
     "llamafactory.extras.constants": ["TRAINING_STAGES", "PEFT_METHODS"],
