@@ -205,7 +205,7 @@ def _assert_matches(data, expected, names):
     r"""A server result equals ActionClassifier.predict's for the same video (up to batching's float noise)."""
     assert data["label"] == expected["name"] == names[expected["predicted"]]
     assert data["num_classes"] == 4 and len(data["probs"]) == 4
-    for ours in expected["top_k"]:
+    for ours in expected["classes"]:
         assert data["probs"][ours["class"]] == pytest.approx(ours["probability"], abs=1e-4)
 
 
@@ -234,8 +234,8 @@ def test_batch_form_every_url_kind_names_and_top_k(served):
     assert [data["index"] for data in body["data"]] == list(range(len(inputs)))
     for data in body["data"]:
         _assert_matches(data, expected, served["names"])
-        assert [entry["label"] for entry in data["top_k"]] == [e["name"] for e in expected["top_k"][:2]]
-        assert [entry["class"] for entry in data["top_k"]] == [e["class"] for e in expected["top_k"][:2]]
+        assert [entry["label"] for entry in data["top_k"]] == [e["name"] for e in expected["classes"][:2]]
+        assert [entry["class"] for entry in data["top_k"]] == [e["class"] for e in expected["classes"][:2]]
 
 
 def test_chat_form_and_frame_settings(served):
