@@ -161,7 +161,7 @@ class ActionClassifier:
         r"""Blame the file only when a full decode of it fails too; otherwise the plugin or processor failed."""
         where = f"video {video}"
         try:
-            check_video(video, where, self.encoder.data_args.media_dir, decode=True)
+            check_video(video, where, self.encoder.data_args.media_dir, *self.video_settings, decode=True)
         except ActionDataError as file_error:
             return file_error
 
