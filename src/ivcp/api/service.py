@@ -295,7 +295,7 @@ class ClassifierService:
                     break
 
             if self.queue.dropped:
-                logger.info(f"Dropped {self.queue.dropped} videos of requests whose client went away.")
+                logger.warning(f"Dropped {self.queue.dropped} videos of requests whose client went away.")
                 self.queue.dropped = 0
 
             groups: dict[tuple[float, int], list[_Pending]] = {}
