@@ -651,23 +651,19 @@ def test_memory_limits_items_downloads_and_the_plan_cache(served):
 
 def test_one_video_is_not_stuck_behind_another_clients_many_and_abandoned_work_is_dropped(served):
     videos = served["test_videos"]
-    many = {"input": [videos[i % len(videos)] for i in range(48)]}
+    many = {"input": [videos[i % len(videos)] for i in range(64)]}
     with ThreadPoolExecutor(2) as pool:
         start = time.monotonic()
         big = pool.submit(lambda: (_classify(served, many), time.monotonic() - start))
-        time.sleep(0.5)
-        small = pool.submit(lambda: (_classify(served, {"input": [videos[0]]}), time.monotonic() - start))
+        time.sleep(0.2)
+        small_start = time.monotonic()
+        small = pool.submit(lambda: (_classify(served, {"input": [videos[0]]}), time.monotonic() - small_start))
         (big_response, big_time), (small_response, small_time) = big.result(), small.result()
     assert big_response.status_code == small_response.status_code == 200
-    assert small_time - 0.5 < 0.5 * big_time, (small_time, big_time)
+    assert small_time < 0.3 * big_time, (small_time, big_time)  # first come, first served: about big_time - 0.2
 
     with pytest.raises(httpx.ReadTimeout):  # the client gives up: its videos still waiting are dropped
-        httpx.post(
-            f"{served['url']}/v1/classify",
-            json={"input": many["input"] + many["input"][:16]},
-            headers=AUTH,
-            timeout=0.3,
-        )
+        httpx.post(f"{served['url']}/v1/classify", json=many, headers=AUTH, timeout=0.3)
     _good_request_works(served)
     deadline = time.monotonic() + 60
     while "requests whose client went away" not in served["log"].read_text() and time.monotonic() < deadline:
