@@ -652,15 +652,16 @@ def test_memory_limits_items_downloads_and_the_plan_cache(served):
 def test_one_video_is_not_stuck_behind_another_clients_many_and_abandoned_work_is_dropped(served):
     videos = served["test_videos"]
     many = {"input": [videos[i % len(videos)] for i in range(64)]}
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(5) as pool:
         start = time.monotonic()
-        big = pool.submit(lambda: (_classify(served, many), time.monotonic() - start))
-        time.sleep(0.2)
+        big = [pool.submit(lambda: (_classify(served, many), time.monotonic() - start)) for _ in range(4)]
+        time.sleep(0.3)
         small_start = time.monotonic()
         small = pool.submit(lambda: (_classify(served, {"input": [videos[0]]}), time.monotonic() - small_start))
-        (big_response, big_time), (small_response, small_time) = big.result(), small.result()
-    assert big_response.status_code == small_response.status_code == 200
-    assert small_time < 0.3 * big_time, (small_time, big_time)  # first come, first served: about big_time - 0.2
+        small_response, small_time = small.result()
+        big_time = max(future.result()[1] for future in big)
+    assert small_response.status_code == 200 and all(future.result()[0].status_code == 200 for future in big)
+    assert small_time < 0.3 * big_time, (small_time, big_time)  # first come, first served: about big_time - 0.3
 
     with pytest.raises(httpx.ReadTimeout):  # the client gives up: its videos still waiting are dropped
         httpx.post(f"{served['url']}/v1/classify", json=many, headers=AUTH, timeout=0.3)
@@ -721,23 +722,27 @@ def test_client_errors_are_never_a_500_nor_show_server_paths(served, case, statu
 
 
 def test_uploads_and_base64_stay_off_the_event_loop_and_stale_temp_folders_go(served):
+    r"""While a 45 MB data: URL is decoded and written, /health never waits as long as decoding it in one call takes
+    (the body's JSON is still parsed in one call, holding the GIL, in a thread)."""
     assert not served["stale"].exists()  # left by a killed server: removed when the next one started
-    payload = base64.b64encode(os.urandom(30 * 2**20)).decode()  # within the flags server's default 64 MB
-    latencies = []
+    payload = base64.b64encode(os.urandom(45 * 2**20)).decode()  # within the flags server's default 64 MB
+    body = json.dumps({"input": [f"data:video/mp4;base64,{payload}"]}).encode()
+    url, latencies = served["open_url"], []
     with ThreadPoolExecutor(1) as pool:
-        upload = pool.submit(
-            httpx.post,
-            f"{served['open_url']}/v1/classify",
-            json={"input": [f"data:video/mp4;base64,{payload}"]},
-            timeout=TIMEOUT,
-        )
+        upload = pool.submit(httpx.post, f"{url}/v1/classify", content=body, timeout=TIMEOUT)
         while not upload.done():
             start = time.monotonic()
-            assert httpx.get(f"{served['open_url']}/health", timeout=TIMEOUT).status_code == 200
+            assert httpx.get(f"{url}/health", timeout=TIMEOUT).status_code == 200
             latencies.append(time.monotonic() - start)
             time.sleep(0.02)
-    assert upload.result().status_code == 400
-    assert max(latencies) < 1.0, latencies
+    assert upload.result().status_code == 400 and "cannot read" in upload.result().json()["message"]
+    start = time.monotonic()
+    base64.b64decode(payload)
+    decoding = time.monotonic() - start  # what the server did on its event loop, in one call, before
+    assert max(latencies) < decoding, (sorted(latencies)[-5:], decoding)
+    schema = httpx.get(f"{url}/openapi.json", timeout=TIMEOUT).json()  # the body, read off the loop, is documented
+    assert "MultimodalInputItem" in schema["components"]["schemas"]
+    assert "input" in str(schema["paths"]["/v1/classify"]["post"]["requestBody"])
 
 
 def test_a_killed_decode_worker_costs_no_request_and_keep_alive_clients_keep_working(served):

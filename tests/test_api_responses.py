@@ -1,9 +1,13 @@
 """The classification API's request parsing and response building, without a server (pure functions)."""
 
+import asyncio
+
 import pytest
 import torch
+from fastapi.exceptions import RequestValidationError
+from starlette.requests import Request
 
-from ivcp.api.parsing import InputError, videos_and_prompt
+from ivcp.api.parsing import InputError, read_request, videos_and_prompt
 from ivcp.api.protocol import ClassificationRequest
 from ivcp.api.responses import HeadInfo, classification_body, client_message, input_error
 from ivcp.data.context import ActionDataError
@@ -84,3 +88,17 @@ def test_the_prompt_and_the_item_cap():
     with pytest.raises(InputError, match="api_max_items_per_request") as caught:
         videos_and_prompt(ClassificationRequest(input=["a.mp4"] * 5), RESERVED, max_items=4)
     assert caught.value.status == 413
+
+
+def _request(content: bytes) -> Request:
+    async def receive() -> dict:
+        return {"type": "http.request", "body": content, "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "headers": []}, receive)
+
+
+def test_a_body_that_is_not_json_or_not_utf8_is_a_validation_error():
+    for content in (b"{not json", b"\xff\xfe{", b"[1]", b'{"input": ["a"], "video_fps": Infinity}'):
+        with pytest.raises(RequestValidationError):
+            asyncio.run(read_request(_request(content)))
+    assert asyncio.run(read_request(_request(b'{"input": "a.mp4", "top_k": 2}'))).top_k == 2

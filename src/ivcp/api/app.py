@@ -29,7 +29,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..hparams.serving_args import ActionServingArguments
 from ..inference import ActionClassifier
 from .media import MediaPolicy, describe_url, make_temp_dir
-from .parsing import BodySizeLimit, BodyTooLarge, InputError, body_too_large, reserved_tokens, videos_and_prompt
+from .parsing import (
+    BodySizeLimit,
+    BodyTooLarge,
+    InputError,
+    body_too_large,
+    read_request,
+    reserved_tokens,
+    videos_and_prompt,
+)
 from .protocol import ClassificationRequest, error_body
 from .responses import HeadInfo, classification_body, client_message, input_error
 from .service import ClassifierService, VideoLimits
@@ -49,6 +57,18 @@ async def _until_disconnected(request: Request) -> None:
     r"""Returns when the client goes away (once the body is read, the next message is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def _document_body(app: FastAPI, definitions: dict[str, Any]) -> None:
+    r"""Add the request body's sub-models to /docs: the route reads its body itself (off the event loop)."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            default().setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def create_action_app(classifier: ActionClassifier, settings: ActionServingArguments, model_name: str) -> FastAPI:
@@ -103,7 +123,7 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
 
     @app.exception_handler(RequestValidationError)
     async def malformed_body(request: Request, err: RequestValidationError):
-        causes = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        causes = "; ".join(": ".join(filter(None, [".".join(map(str, e["loc"])), e["msg"]])) for e in err.errors())
         return JSONResponse(error_body(f"malformed request body: {client_message(causes, '')}", 400), 400)
 
     @app.exception_handler(BodyTooLarge)
@@ -147,7 +167,8 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
             if temporary and path:
                 os.remove(path)
 
-    async def classify(body: ClassificationRequest, request: Request):
+    async def classify(request: Request):
+        body = await read_request(request)
         videos, prompt = videos_and_prompt(body, reserved, settings.api_max_items_per_request)
         owner = id(request)
         work = asyncio.gather(*(classify_one(url, prompt, i, body, owner) for i, url in enumerate(videos)))
@@ -165,8 +186,11 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
         code, content = classification_body(work.result(), head, body.top_k, model_name)
         return JSONResponse(content, code)
 
+    body_schema = ClassificationRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    _document_body(app, body_schema.pop("$defs", {}))
+    request_schema = {"requestBody": {"content": {"application/json": {"schema": body_schema}}, "required": True}}
     for route in ("/v1/classify", "/classify"):
-        app.post(route, dependencies=[Depends(verify_api_key)])(classify)
+        app.post(route, dependencies=[Depends(verify_api_key)], openapi_extra=request_schema)(classify)
 
     async def not_a_generator():
         return JSONResponse(error_body(CLASSIFIER_ONLY, 400), 400)

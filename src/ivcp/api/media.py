@@ -28,6 +28,7 @@ MAX_REDIRECTS = 3
 VIDEO_SUFFIXES = {"mp4": ".mp4", "webm": ".webm", "x-matroska": ".mkv", "quicktime": ".mov", "x-msvideo": ".avi"}
 KNOWN_SUFFIXES = {".mp4", ".m4v", ".mov", ".3gp", ".mkv", ".webm", ".avi", ".ts", ".flv", ".mpg", ".mpeg", ".wmv"}
 TEMP_PREFIX = "ivcp-api-"
+B64_PIECE = 2**20  # characters of base64 decoded per call (a multiple of 4)
 CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -136,8 +137,10 @@ class MediaPolicy:
         if len(payload) * 3 // 4 > self.max_video_bytes:
             raise self._too_large()
 
-        try:
-            content = base64.b64decode(payload, validate=True)
+        try:  # in pieces: each call holds the GIL, and the event loop waits for it between them
+            content = b"".join(
+                base64.b64decode(payload[i : i + B64_PIECE], validate=True) for i in range(0, len(payload), B64_PIECE)
+            )
         except binascii.Error as err:
             raise MediaError(f"the data: URL is not valid base64 ({err}).") from err
 
