@@ -729,7 +729,8 @@ def test_uploads_and_base64_stay_off_the_event_loop_and_stale_temp_folders_go(se
     body = json.dumps({"input": [f"data:video/mp4;base64,{payload}"]}).encode()
     url, latencies = served["open_url"], []
     with ThreadPoolExecutor(1) as pool:
-        upload = pool.submit(httpx.post, f"{url}/v1/classify", content=body, timeout=TIMEOUT)
+        headers = {"Content-Type": "application/json"}
+        upload = pool.submit(httpx.post, f"{url}/v1/classify", content=body, headers=headers, timeout=TIMEOUT)
         while not upload.done():
             start = time.monotonic()
             assert httpx.get(f"{url}/health", timeout=TIMEOUT).status_code == 200
