@@ -46,6 +46,7 @@ logger = logging.get_logger(__name__)
 MAX_SETTING_VARIANTS = 16  # frame settings a worker keeps a classifier copy for (least recently used dropped)
 
 _CLASSIFIERS: dict[int, ActionClassifier] = {}  # by service; forked workers inherit it
+_VARIANTS_LOCK = threading.Lock()
 _VARIANTS: "OrderedDict[tuple[int, tuple[float, int]], ActionClassifier]" = OrderedDict()  # per frame setting
 
 
@@ -90,12 +91,13 @@ def _refusal(path: str, settings: tuple[float, int], limits: VideoLimits) -> Med
 
 def _variant(service_id: int, settings: tuple[float, int]) -> ActionClassifier:
     key = (service_id, settings)
-    if key not in _VARIANTS:
-        _VARIANTS[key] = _CLASSIFIERS[service_id].with_video_settings(*settings)
-        if len(_VARIANTS) > MAX_SETTING_VARIANTS:
-            _VARIANTS.popitem(last=False)
-    _VARIANTS.move_to_end(key)
-    return _VARIANTS[key]
+    with _VARIANTS_LOCK:  # decode threads share the table
+        if key not in _VARIANTS:
+            _VARIANTS[key] = _CLASSIFIERS[service_id].with_video_settings(*settings)
+            if len(_VARIANTS) > MAX_SETTING_VARIANTS:
+                _VARIANTS.popitem(last=False)
+        _VARIANTS.move_to_end(key)
+        return _VARIANTS[key]
 
 
 def prepare_batch(
