@@ -10,12 +10,15 @@ from llamafactory.api.protocol import ChatMessage, MultimodalInputItem
 from pydantic import BaseModel, Field
 
 
+MAX_VIDEO_FPS = 240.0  # more than any camera records; the samples are capped by video_maxlen anyway
+
+
 class ClassificationRequest(BaseModel):
     model: str | None = None
     input: list[str | MultimodalInputItem] | str | MultimodalInputItem | None = None
     messages: list[ChatMessage] | None = None
     top_k: int = Field(default=5, ge=1)
-    video_fps: float | None = Field(default=None, gt=0)
+    video_fps: float | None = Field(default=None, gt=0, le=MAX_VIDEO_FPS, allow_inf_nan=False)
     video_maxlen: int | None = Field(default=None, ge=1)
     user: str | None = None
 

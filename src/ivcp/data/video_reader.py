@@ -9,12 +9,18 @@ and decoding stops after the last sample, seeking to the keyframe before a sampl
 out the non-reference frames between samples; only the samples are converted, shrunk as they are.
 :class:`VideoPlan` is the decision; token counting and the collator both take it from :func:`plan_video`, so they
 cannot disagree.
+
+Every file is opened as a local file in one of :data:`VIDEO_DEMUXERS` (FFmpeg's protocols limited to ``file``, its
+demuxers to video containers), whatever its name: FFmpeg picks a demuxer by probing the content, and a playlist
+(HLS), a concat list or an image sequence would make it open other files or URLs named inside. Frames larger than
+:data:`MAX_FRAME_PIXELS` are refused before any is decoded, and the samples are converted as they are decoded, so a
+video holds at most one full-size frame (plus the decoder's own) at a time.
 """
 
 import bisect
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -33,6 +39,11 @@ logger = get_logger(__name__)
 
 HEADER_TOLERANCE = 2  # frames a header may announce beyond those in the stream (AVI muxers add empty chunks)
 REENCODE_HINT = "re-encode it (e.g. `ffmpeg -i in.mp4 -c:v libx264 out.mp4`) or remove it"
+# FFmpeg demuxer names: mp4/mov/3gp, mkv/webm, avi, MPEG-TS, FLV, MPEG-PS (.mpg/.vob), ASF (.wmv); nothing that
+# reads other files or URLs named inside it (hls, dash, concat, image2, ...)
+VIDEO_DEMUXERS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "flv", "mpeg", "asf")
+MAX_FRAME_PIXELS = 8192 * 4320  # 8K (DCI): a 16-frame 8192x8192 mp4 of 199 KB would take 1.6 GB as decoded frames
+_OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ",".join(VIDEO_DEMUXERS)}
 
 
 class VideoReadError(ValueError):
@@ -100,14 +111,31 @@ def _first_frame_rotation(container: "av.container.InputContainer", stream: "av.
 
 
 def _open(path: str) -> "av.container.InputContainer":
+    r"""``path`` as a local file in a video container (FFmpeg refuses any other demuxer with EINVAL)."""
     try:
-        return av.open(path, "r")
+        return av.open(path, "r", container_options=_OPEN_OPTIONS)
+    except av.ValueError as err:
+        raise VideoReadError(
+            f"{path!r}, which is not in a video container this reader opens ({err}): only mp4/mov/3gp, mkv/webm, "
+            f"avi, MPEG-TS, FLV, MPEG-PS and ASF/WMV files are read (playlists, concat lists and image sequences "
+            f"never): {REENCODE_HINT}."
+        ) from err
     except (av.FFmpegError, OSError) as err:
         raise VideoReadError(f"{path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
 
 
+def _check_frame_size(stream: "av.video.stream.VideoStream", path: str) -> None:
+    if stream.width * stream.height > MAX_FRAME_PIXELS:
+        raise VideoReadError(
+            f"{path!r} has {stream.width}x{stream.height} frames, more than the reader's limit of "
+            f"{MAX_FRAME_PIXELS} pixels (8192x4320): downscale it (e.g. `ffmpeg -i in.mp4 -vf scale=-2:1080 "
+            "out.mp4`).",
+            kind="frames too large",
+        )
+
+
 def clear_plan_cache() -> None:
-    r"""Forget the plans of this process (each file is demuxed again on its next read)."""
+    r"""Forget every plan: a server calls it after each batch, since its uploads' temporary paths never repeat."""
     _plan.cache_clear()
 
 
@@ -117,6 +145,7 @@ def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int
     container = _open(path)
     try:
         stream = _video_stream(container, path)
+        _check_frame_size(stream, path)
         pts, keyframes, last_duration = [], [], 0
         for packet in container.demux(stream):
             if packet.size == 0:  # flush packets and empty AVI interleave chunks carry no frame
@@ -219,8 +248,8 @@ def _decoded(container, stream, wanted: set[int | None], skip: bool) -> "Iterato
         yield from packet.decode()
 
 
-def _decode_by_pts(container, stream, plan: VideoPlan, fast: bool) -> dict[int, "av.VideoFrame"]:
-    r"""Decode up to the last sample.
+def _decode_by_pts(container, stream, plan: VideoPlan, fast: bool, convert: Callable) -> dict[int, Any]:
+    r"""Decode up to the last sample, each converted as it is decoded.
 
     With ``fast``, jump to a sample's keyframe when that skips frames, and leave out the non-reference frames.
     """
@@ -236,7 +265,7 @@ def _decode_by_pts(container, stream, plan: VideoPlan, fast: bool) -> dict[int, 
         for frame in frames:
             position = frame.pts if frame.pts is not None else position
             if frame.pts in wanted and frame.pts not in found:  # not an open GOP's broken leading frame
-                found[frame.pts] = frame
+                found[frame.pts] = convert(frame)
             if frame.pts is not None and frame.pts >= target:
                 break
         else:  # end of the stream
@@ -248,19 +277,19 @@ def _missing(plan: VideoPlan, frames: list) -> list[int]:
     return [index for index, frame in zip(plan.sample_indices, frames) if frame is None]
 
 
-def _decode_by_index(container, stream, plan: VideoPlan) -> list["av.VideoFrame | None"]:
+def _decode_by_index(container, stream, plan: VideoPlan, convert: Callable) -> list[Any]:
     r"""Count frames in decoding order (for streams without timestamps), up to the last sample."""
     wanted, last, by_index = set(plan.sample_indices), plan.sample_indices[-1], {}
     for index, frame in enumerate(container.decode(stream)):
         if index in wanted:
-            by_index[index] = frame
+            by_index[index] = convert(frame)
         if index >= last:
             break
     return [by_index.get(index) for index in plan.sample_indices]
 
 
-def _decode_samples(plan: VideoPlan) -> list["av.VideoFrame | None"]:
-    r"""The sampled frames, None where the decoder gives none.
+def _decode_samples(plan: VideoPlan, convert: Callable) -> list[Any]:
+    r"""The sampled frames through ``convert``, None where the decoder gives none.
 
     When seeking or skipping loses a sample (a demuxer that seeks coarsely, packed B-frames whose packet carries
     another frame's timestamp), it decodes every frame from the start instead; frames without timestamps are
@@ -271,19 +300,22 @@ def _decode_samples(plan: VideoPlan) -> list["av.VideoFrame | None"]:
             stream = _video_stream(container, plan.path)
             stream.thread_type = "AUTO"
             if mode == "index":
-                frames = _decode_by_index(container, stream, plan)
+                frames = _decode_by_index(container, stream, plan, convert)
             else:
-                found = _decode_by_pts(container, stream, plan, fast=mode == "fast")
+                found = _decode_by_pts(container, stream, plan, mode == "fast", convert)
                 frames = [found.get(pts) for pts in plan.sample_pts]
         if not _missing(plan, frames):
             break
     return frames
 
 
-def decode_frames(plan: VideoPlan) -> list["av.VideoFrame"]:
-    r"""The sampled frames of ``plan`` as the decoder gives them; raises :class:`VideoReadError` naming the file."""
+def decode_frames(plan: VideoPlan, convert: Callable = lambda frame: frame) -> list[Any]:
+    r"""The sampled frames of ``plan``; raises :class:`VideoReadError` naming the file.
+
+    ``convert`` is applied to each as it is decoded, so that no full-size frame is kept.
+    """
     try:
-        frames = _decode_samples(plan)
+        frames = _decode_samples(plan, convert)
     except av.FFmpegError as err:
         raise VideoReadError(f"{plan.path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
 
@@ -305,4 +337,4 @@ def read_frames(plan: VideoPlan, max_pixels: int | None = None) -> list["Image"]
 
     With ``max_pixels``, larger frames are shrunk to it (keeping their aspect ratio) as they are converted.
     """
-    return [_upright(frame, plan.rotation, max_pixels) for frame in decode_frames(plan)]
+    return decode_frames(plan, lambda frame: _upright(frame, plan.rotation, max_pixels))

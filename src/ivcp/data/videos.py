@@ -48,3 +48,8 @@ def check_video(
             _decode_samples(plan)
     except VideoReadError as err:
         raise ActionDataError(f"{where} has {err}", kind=err.kind) from err
+
+
+def clear_check_cache() -> None:
+    r"""Forget which files were checked (a server's uploads have unique temporary paths that never repeat)."""
+    _decode_samples.cache_clear()
