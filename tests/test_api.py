@@ -312,8 +312,8 @@ def test_batch_form_every_url_kind_names_and_top_k(served):
     assert [data["index"] for data in body["data"]] == list(range(len(inputs)))
     for data in body["data"]:
         _assert_matches(data, expected, served["names"])
-        assert [entry["label"] for entry in data["top_k"]] == [e["name"] for e in expected["classes"][:2]]
-        assert [entry["class"] for entry in data["top_k"]] == [e["class"] for e in expected["classes"][:2]]
+        assert [entry["name"] for entry in data["classes"]] == [e["name"] for e in expected["classes"][:2]]
+        assert [entry["class"] for entry in data["classes"]] == [e["class"] for e in expected["classes"][:2]]
 
 
 def test_chat_form_and_frame_settings(served):
@@ -328,7 +328,7 @@ def test_chat_form_and_frame_settings(served):
     response = _classify(served, {"messages": [message]})
     assert response.status_code == 200, response.text
     data = response.json()["data"][0]
-    assert len(data["top_k"]) == 4  # default 5, capped by the number of classes
+    assert len(data["classes"]) == 4  # default 5, capped by the number of classes
     _assert_matches(data, served["classifier"].predict(str(served["media"] / video)), served["names"])
 
     other = served["classifier"].with_video_settings(video_fps=4, video_maxlen=4)
@@ -510,7 +510,7 @@ def test_the_openai_client_reaches_classify_through_its_generic_post(served):
 
 
 def test_a_multi_label_head_answers_the_classes_at_or_above_its_threshold(tiny_model, tmp_path):
-    r"""The app in-process (TestClient) on a 2-step multi-label classifier: ``labels`` equal ActionClassifier's."""
+    r"""The app in-process (TestClient) on a 2-step multi-label classifier: ``classes`` equal ActionClassifier's."""
     data_dir, output_dir = tmp_path / "data", tmp_path / "out"
     make_object_dataset(str(data_dir), num_train=8, num_test=6, seed=0)
     config = base_config(tiny_model, str(data_dir), str(output_dir), dataset="objects_train", video_fps=2)
@@ -527,9 +527,10 @@ def test_a_multi_label_head_answers_the_classes_at_or_above_its_threshold(tiny_m
         response = client.post("/v1/classify", json={"input": videos})
     assert response.status_code == 200, response.text
     for data, want in zip(response.json()["data"], expected, strict=True):
-        assert [entry["class"] for entry in data["labels"]] == want["predicted"]
-        assert [entry["label"] for entry in data["labels"]] == want["names"]
-        for ours, theirs in zip(data["labels"], want["classes"]):
+        assert data["predicted"] == want["predicted"] and data["names"] == want["names"]
+        assert [entry["class"] for entry in data["classes"]] == want["predicted"]
+        assert [entry["name"] for entry in data["classes"]] == want["names"]
+        for ours, theirs in zip(data["classes"], want["classes"]):
             assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
         assert data["label"] == (want["names"][0] if want["names"] else None)
 

@@ -1,6 +1,7 @@
 """The classification API's request parsing and response building, without a server (pure functions)."""
 
 import asyncio
+import json
 
 import pytest
 import torch
@@ -26,18 +27,20 @@ def test_a_single_label_result_ranks_the_softmax():
     data = body["data"][0]
     probabilities = logits.softmax(-1).tolist()
     assert data["label"] == "run" and data["probs"] == pytest.approx(probabilities)
-    assert [(e["class"], e["label"]) for e in data["top_k"]] == [(1, "run"), (2, "jump")]
-    assert data["top_k"][0]["probability"] == pytest.approx(probabilities[1])
+    assert data["predicted"] == 1 and data["name"] == "run"
+    assert [(e["class"], e["name"]) for e in data["classes"]] == [(1, "run"), (2, "jump")]
+    assert data["classes"][0]["probability"] == pytest.approx(probabilities[1])
 
 
 def test_a_multi_label_result_lists_the_classes_at_or_above_the_threshold():
     logits = torch.tensor([2.0, -3.0, 0.5])  # sigmoid: 0.88, 0.05, 0.62
     head = HeadInfo(NAMES, MULTI_LABEL, 0.6)
     data = classification_body([(logits, 3)], head, top_k=5, model_name="m")[1]["data"][0]
-    assert [e["label"] for e in data["labels"]] == ["walk", "jump"] and data["label"] == "walk"
+    assert [e["name"] for e in data["classes"]] == ["walk", "jump"] and data["label"] == "walk"
+    assert data["predicted"] == [0, 2] and data["names"] == ["walk", "jump"]
     assert data["probs"] == pytest.approx(logits.sigmoid().tolist())
     empty = classification_body([(torch.tensor([-5.0, -5.0, -5.0]), 3)], head, 5, "m")[1]["data"][0]
-    assert empty["labels"] == [] and "label" not in empty
+    assert empty["classes"] == [] and empty["predicted"] == [] and "label" not in empty
 
 
 def test_a_failed_video_is_its_own_entry_and_all_failed_is_the_requests_error():
@@ -102,3 +105,13 @@ def test_a_body_that_is_not_json_or_not_utf8_is_a_validation_error():
         with pytest.raises(RequestValidationError):
             asyncio.run(read_request(_request(content)))
     assert asyncio.run(read_request(_request(b'{"input": "a.mp4", "top_k": 2}'))).top_k == 2
+
+
+def test_non_finite_logits_fail_only_their_video():
+    nan = torch.tensor([float("nan"), 0.0, 1.0])
+    status, body = classification_body([(nan, 2), (torch.tensor([0.0, 2.0, 1.0]), 2)], SINGLE, 5, "m")
+    assert status == 200
+    broken, good = body["data"]
+    assert broken["error"]["code"] == 500 and "not finite" in broken["error"]["message"] and "probs" not in broken
+    assert good["label"] == "run" and "error" not in good
+    json.dumps(body, allow_nan=False)  # raises on a NaN or inf anywhere in the body

@@ -24,7 +24,7 @@ class ClassificationRequest(BaseModel):
 
 
 class ClassProbability(BaseModel):
-    label: str
+    name: str
     probability: float
     class_id: int = Field(alias="class")
 
@@ -37,8 +37,11 @@ class ClassificationData(BaseModel):
     label: str | None = None
     probs: list[float] | None = None
     num_classes: int
-    top_k: list[ClassProbability] | None = None
-    labels: list[ClassProbability] | None = None  # multi-label heads: every class at or above the threshold
+    # the decoded result (ivcp.model.decoding): the top-k classes, or every class at or above a multi-label threshold
+    predicted: int | list[int] | None = None
+    name: str | None = None
+    names: list[str] | None = None
+    classes: list[ClassProbability] | None = None
     error: dict[str, Any] | None = None
 
 
@@ -73,4 +76,5 @@ _ERROR_TYPES = {
     413: "RequestTooLargeError",
     415: "UnsupportedMediaTypeError",
     422: "UnprocessableEntityError",
+    500: "InternalServerError",
 }

@@ -16,8 +16,7 @@ import torch
 from llamafactory.extras import logging
 
 from ..data.context import ActionDataError
-from ..model.multi_label import MULTI_LABEL, decode_multi_label
-from ..train.action_cls.metric import rank_classes
+from ..model.decoding import decode, probabilities
 from .media import MediaError
 from .parsing import InputError
 from .protocol import ClassificationData, ClassificationResponse, error_body
@@ -65,30 +64,27 @@ def input_error(err: Exception, description: str, url: str, server_path: str | N
 
 
 def video_result(index: int, outcome: tuple[torch.Tensor, int] | InputError, head: HeadInfo, top_k: int):
-    r"""One video's entry of the response: its classes from its logits, or its error."""
+    r"""One video's entry: vLLM's fields beside :func:`ivcp.model.decoding.decode`'s result, or the video's error.
+
+    Non-finite logits (an fp16 overflow, say) fail only this video, with a 500: the server's model, not the client,
+    is at fault.
+    """
     num_classes = len(head.names)
     if isinstance(outcome, InputError):
         return ClassificationData(index=index, num_classes=num_classes, error=error_body(str(outcome), outcome.status))
 
-    logits = outcome[0].float()
-    if head.problem_type == MULTI_LABEL:  # the head's own rule: sigmoid, classes >= threshold
-        chosen = decode_multi_label(logits[None], head.threshold, head.names)[0]
-        return ClassificationData(
-            index=index,
-            label=chosen[0]["name"] if chosen else None,
-            probs=logits.sigmoid().tolist(),
-            num_classes=num_classes,
-            labels=[{"class": c["class"], "label": c["name"], "probability": c["probability"]} for c in chosen],
-        )
+    logits = outcome[0][None]
+    result = decode(logits, head.problem_type, head.threshold, head.names, top_k)[0]
+    if "error" in result:
+        return ClassificationData(index=index, num_classes=num_classes, error=error_body(result["error"], 500))
 
-    probabilities = torch.softmax(logits, dim=-1)
-    top = rank_classes(logits[None], top_k, head.names)[0]
+    label = result["name"] if "name" in result else next(iter(result["names"]), None)
     return ClassificationData(
         index=index,
-        label=head.names[int(probabilities.argmax())],
-        probs=probabilities.tolist(),
+        label=label,
+        probs=probabilities(logits, head.problem_type)[0].tolist(),
         num_classes=num_classes,
-        top_k=[{"class": c["class"], "label": c["name"], "probability": c["probability"]} for c in top],
+        **result,
     )
 
 
