@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from llamafactory.extras.constants import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 from pydantic import ValidationError
 
-from .. import DEFAULT_PROMPT
+from ..constants import DEFAULT_PROMPT
 from ..model.action_decoder import ACTION_TOKEN
 from .protocol import ClassificationRequest, error_body
 
