@@ -149,7 +149,8 @@ def test_one_bad_file_costs_only_its_own_result(tiny_model, trained, motion_data
     failed = {result["video"]: result for result in results if "error" in result}
     assert set(failed) == {*map(str, broken.values()), str(tmp_path / "missing.mp4")}
     for video, result in failed.items():
-        assert video in result["error"]
+        assert result["error"].count(video) == 1, result  # the file named once, as given: no "video x has 'x'"
+        assert "media_dir" not in result["error"], result  # inference has no such option to change
         assert result["error_kind"] == ("video missing" if "missing" in video else "video unreadable"), result
     assert "no video stream" in failed[str(broken["audio-only"])]["error"]  # a cause, not an empty message
     with pytest.raises(ActionDataError, match="empty.mp4"):
@@ -157,6 +158,10 @@ def test_one_bad_file_costs_only_its_own_result(tiny_model, trained, motion_data
 
 
 def test_a_processing_failure_keeps_its_kind():
-    err = media_error(RuntimeError("bad config"), "video a.mp4", "a.mp4")
-    assert err.kind == "processing failed" and "RuntimeError: bad config" in str(err)
-    assert media_error(FileNotFoundError(2, "No such file"), "video a.mp4", "a.mp4").kind == "video unreadable"
+    err = media_error(RuntimeError("bad config"), None, "a.mp4")
+    assert (
+        err.kind == "processing failed"
+        and str(err) == "video 'a.mp4' could not be processed: RuntimeError: bad config"
+    )
+    unreadable = media_error(FileNotFoundError(2, "No such file"), "example 3 of x.json", "a.mp4")
+    assert unreadable.kind == "video unreadable" and str(unreadable).startswith("example 3 of x.json: video 'a.mp4' ")
