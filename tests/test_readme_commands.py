@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def workspace(tmp_path_factory):
     state = {"root": root, "env": env, "port": str(_free_port()), "servers": [], "outputs": {}}
     yield state
     for server in state["servers"]:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
 
 
@@ -182,8 +183,13 @@ def test_readme_block_runs_on_cpu(block, workspace):
     script = "\n".join(_capped(_as_newcomer(command)) for command in block.commands).replace("8000", workspace["port"])
     if block.marker == "cpu-test: background":
         log = root / f"server_{block.line}.log"
-        server = subprocess.Popen(
-            ["bash", "-c", f"exec {script}"], cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+        server = subprocess.Popen(  # its own process group: bash and the server it starts are stopped together
+            ["bash", "-c", script],
+            cwd=root,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         workspace["servers"].append(server)
         _wait_for_health(workspace["port"], server, log)
