@@ -149,7 +149,8 @@ def test_one_bad_file_costs_only_its_own_result(tiny_model, trained, motion_data
     failed = {result["video"]: result for result in results if "error" in result}
     assert set(failed) == {*map(str, broken.values()), str(tmp_path / "missing.mp4")}
     for video, result in failed.items():
-        assert video in result["error"]
+        assert result["error"].count(video) == 1, result  # the file named once, as given: no "video x has 'x'"
+        assert "media_dir" not in result["error"], result  # inference has no such option to change
         assert result["error_kind"] == ("video missing" if "missing" in video else "video unreadable"), result
     assert "no video stream" in failed[str(broken["audio-only"])]["error"]  # a cause, not an empty message
     with pytest.raises(ActionDataError, match="empty.mp4"):
@@ -157,9 +158,13 @@ def test_one_bad_file_costs_only_its_own_result(tiny_model, trained, motion_data
 
 
 def test_a_processing_failure_keeps_its_kind():
-    err = media_error(RuntimeError("bad config"), "video a.mp4", "a.mp4")
-    assert err.kind == "processing failed" and "RuntimeError: bad config" in str(err)
-    assert media_error(FileNotFoundError(2, "No such file"), "video a.mp4", "a.mp4").kind == "video unreadable"
+    err = media_error(RuntimeError("bad config"), None, "a.mp4")
+    assert (
+        err.kind == "processing failed"
+        and str(err) == "video 'a.mp4' could not be processed: RuntimeError: bad config"
+    )
+    unreadable = media_error(FileNotFoundError(2, "No such file"), "example 3 of x.json", "a.mp4")
+    assert unreadable.kind == "video unreadable" and str(unreadable).startswith("example 3 of x.json: video 'a.mp4' ")
 
 
 def test_non_finite_logits_are_each_videos_error(tiny_model, trained):
@@ -183,4 +188,4 @@ def test_a_video_that_fails_only_when_decoded_is_its_own_error(tiny_model, train
     results = classifier.predict([good, damaged], top_k=2)
     assert results[0]["predicted"] == records[0]["predicted"]
     assert results[1]["video"] == damaged and damaged in results[1]["error"]
-    assert results[1]["error_kind"] == "video unreadable" and "PyAV cannot read" in results[1]["error"]
+    assert results[1]["error_kind"] == "video unreadable" and "cannot be read by PyAV" in results[1]["error"]

@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -134,3 +135,32 @@ def test_action_runs_go_through_upstreams_training_function(tiny_model, motion_d
     assert isinstance(callbacks[0], LogCallback) and isinstance(callbacks[-1], ReporterCallback)
     assert destroyed == ([] if under_ray else [1])
     assert tuner.run_rm.__module__ == "llamafactory.train.rm.workflow"  # swapped for the call only
+
+
+def test_only_the_missing_optional_kernels_notice_of_bitsandbytes_is_dropped(caplog):
+    from ivcp.model.bnb_notice import BNB_CPU_LOGGER, quiet_optional_cpu_kernel_notice
+
+    quiet_optional_cpu_kernel_notice()
+    quiet_optional_cpu_kernel_notice()  # idempotent: one filter
+    bnb_logger = logging.getLogger(BNB_CPU_LOGGER)
+    assert len(bnb_logger.filters) == 1
+    notice = "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already ..."
+    with caplog.at_level(logging.WARNING, logger=BNB_CPU_LOGGER):
+        bnb_logger.warning(notice, ModuleNotFoundError("No module named 'kernels'", name="kernels"))
+        bnb_logger.warning(notice, RuntimeError("the Hub is down"))  # kernels installed but failing: shown
+        bnb_logger.warning("any other warning")
+    assert [record.getMessage()[-40:] for record in caplog.records] == [
+        (notice % RuntimeError("the Hub is down"))[-40:],
+        "any other warning",
+    ]
+
+
+def test_importing_bitsandbytes_in_ivcp_prints_no_notice():
+    # what PEFT does in every LoRA run; on a CPU without AVX512-BF16 bitsandbytes has nothing to say either way
+    code = "import logging; logging.basicConfig(); {}import bitsandbytes"
+    quiet = "from ivcp.model.bnb_notice import quiet_optional_cpu_kernel_notice as q; q(); "
+    for setup in ("", quiet):
+        result = subprocess.run([sys.executable, "-c", code.format(setup)], capture_output=True, text=True, check=True)
+        if not setup and "gemm_4bit_forward" not in result.stderr:
+            pytest.skip("bitsandbytes prints no kernel notice on this CPU")
+    assert "gemm_4bit_forward" not in result.stderr, result.stderr

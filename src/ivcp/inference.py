@@ -82,6 +82,7 @@ class ActionClassifier:
             num_classes=finetuning_args.num_action_classes,
             label_names=tuple(model.label_names) if model.label_names else None,
             decode_videos=False,
+            dataset_media=False,
             **tokenizer_module,
         )
         collator = ActionDataCollator(template=template, model=model.backbone, **tokenizer_module)
@@ -134,7 +135,7 @@ class ActionClassifier:
         try:
             return self._encode(video, prompt)
         except Exception as err:  # whatever the reader or plugin raises, keep its kind
-            raise media_error(err, f"video {video}", video) from err
+            raise media_error(err, None, video) from err  # the message names the file, once
 
     def collate(self, features: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[ActionDataError | None]]:
         r"""Batch encoded videos (this decodes them); a video that fails alone is left out with its error.
@@ -160,13 +161,12 @@ class ActionClassifier:
 
     def _collate_error(self, err: Exception, video: str) -> ActionDataError:
         r"""Blame the file only when a full decode of it fails too; otherwise the plugin or processor failed."""
-        where = f"video {video}"
         try:
-            check_video(video, where, self.encoder.data_args.media_dir, *self.video_settings, decode=True)
+            check_video(video, None, None, *self.video_settings, decode=True)
         except ActionDataError as file_error:
             return file_error
 
-        return media_error(err, where, video)
+        return media_error(err, None, video)
 
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:

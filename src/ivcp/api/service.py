@@ -35,8 +35,8 @@ import torch
 from llamafactory.extras import logging
 
 from ..data.context import ActionDataError
-from ..data.video_reader import clear_plan_cache, plan_video
-from ..data.videos import clear_check_cache
+from ..data.video_reader import plan_video
+from ..data.videos import clear_read_caches
 from ..inference import ActionClassifier
 from .media import MediaError
 
@@ -117,8 +117,7 @@ def prepare_batch(
 
         return _as_arrays(batch), outcomes
     finally:  # uploads have unique temporary paths: plans kept for them would only pile up
-        clear_plan_cache()
-        clear_check_cache()
+        clear_read_caches()
 
 
 def _as_arrays(batch: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -47,10 +47,11 @@ _OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ",".join(VIDE
 
 
 class VideoReadError(ValueError):
-    r"""A video file the reader cannot use; the message names the file, the cause and the fix."""
+    r"""A video file the reader cannot use; the message names the file once, then the cause and the fix."""
 
-    def __init__(self, message: str, kind: str = "video unreadable") -> None:
-        super().__init__(message)
+    def __init__(self, path: str, problem: str, kind: str = "video unreadable", fix: str = REENCODE_HINT) -> None:
+        super().__init__(f"video {path!r} {problem}: {fix}.")
+        self.path = path
         self.kind = kind
 
 
@@ -89,10 +90,15 @@ def sample_indices(total_frames: int, duration: float, video_fps: float, video_m
     return np.linspace(0, total_frames - 1, sample_frames).astype(np.int32).tolist()
 
 
+def _cause(err: "av.FFmpegError") -> str:
+    r"""FFmpeg's reason without the file name its message repeats (the error names the file once itself)."""
+    return err.strerror or str(err)
+
+
 def _video_stream(container: "av.container.InputContainer", path: str) -> "av.video.stream.VideoStream":
     stream = next((stream for stream in container.streams if stream.type == "video"), None)
     if stream is None:
-        raise VideoReadError(f"{path!r} holds no video stream: {REENCODE_HINT}.")
+        raise VideoReadError(path, "holds no video stream")
     return stream
 
 
@@ -121,7 +127,7 @@ def _open(path: str) -> "av.container.InputContainer":
             f"never): {REENCODE_HINT}."
         ) from err
     except (av.FFmpegError, OSError) as err:
-        raise VideoReadError(f"{path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
+        raise VideoReadError(path, f"cannot be read by PyAV ({_cause(err)})") from err
 
 
 def _check_frame_size(stream: "av.video.stream.VideoStream", path: str) -> None:
@@ -157,9 +163,7 @@ def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int
             last_duration = packet.duration or last_duration
 
         if not pts:
-            raise VideoReadError(
-                f"{path!r}, which PyAV cannot read, has a video stream without frames: {REENCODE_HINT}."
-            )
+            raise VideoReadError(path, "has a video stream without frames")
 
         has_pts = all(timestamp is not None for timestamp in pts) and len(set(pts)) == len(pts)
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
@@ -177,9 +181,9 @@ def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int
         frame_time, declared_text = duration / total, f"{declared:.2f} s"
         if announced > total + HEADER_TOLERANCE or declared - duration > max(3 * frame_time, 0.05 * declared):
             raise VideoReadError(
-                f"{path!r}, which PyAV cannot read to its end: the stream stops after {total} frames "
-                f"({duration:.2f} s) of the {announced or declared_text} its header announces (a truncated or "
-                f"damaged file): {REENCODE_HINT}.",
+                path,
+                f"cannot be read to its end: the stream stops after {total} frames ({duration:.2f} s) of the "
+                f"{announced or declared_text} its header announces (a truncated or damaged file)",
             )
         if announced and announced != total:
             logger.info(f"{path}: the header counts {announced} frames, the stream holds {total}; using {total}.")
@@ -187,7 +191,7 @@ def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int
         container.seek(0)
         rotation = _first_frame_rotation(container, stream)
     except av.FFmpegError as err:
-        raise VideoReadError(f"{path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
+        raise VideoReadError(path, f"cannot be read by PyAV ({_cause(err)})") from err
     finally:
         container.close()
 
@@ -216,7 +220,9 @@ def plan_video(path: str | os.PathLike, video_fps: float, video_maxlen: int) -> 
     try:
         status = os.stat(path)
     except OSError as err:
-        raise VideoReadError(f"{path!r} cannot be read ({err}): fix the path.", kind="video missing") from err
+        raise VideoReadError(
+            path, f"cannot be read ({err.strerror})", kind="video missing", fix="fix the path"
+        ) from err
 
     return _plan(path, (status.st_size, status.st_mtime_ns), float(video_fps), int(video_maxlen))
 
@@ -317,13 +323,14 @@ def decode_frames(plan: VideoPlan, convert: Callable = lambda frame: frame) -> l
     try:
         frames = _decode_samples(plan, convert)
     except av.FFmpegError as err:
-        raise VideoReadError(f"{plan.path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
+        raise VideoReadError(plan.path, f"cannot be read by PyAV ({_cause(err)})") from err
 
     missing = _missing(plan, frames)
     if missing and (frames[0] is None or missing[0] < plan.frames_in_file - HEADER_TOLERANCE):
         raise VideoReadError(
-            f"{plan.path!r}, which PyAV cannot read: frame(s) {missing[:5]} of its {plan.frames_in_file} "
-            f"do not decode (a truncated or damaged file): {REENCODE_HINT}.",
+            plan.path,
+            f"cannot be decoded: frame(s) {missing[:5]} of its {plan.frames_in_file} fail (a truncated or damaged "
+            "file)",
         )
     if missing:  # the decoder drops the last frame or two of some AVI files: show the last one that decodes
         logger.info(f"{plan.path}: the last frame(s) {missing} do not decode; repeating the frame before.")

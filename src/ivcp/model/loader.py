@@ -15,6 +15,7 @@ from ..log import get_logger
 from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head
 from .action_model import ActionClassificationModel
 from .backbone import check_poolable, router_aux_loss_coef
+from .bnb_notice import quiet_optional_cpu_kernel_notice
 from .head_config import check_head_config, load_head_config, run_options, saved_arguments
 from .loss import ActionLoss, ActionLossConfig
 from .video_processor import action_processor
@@ -42,6 +43,18 @@ def add_action_token(tokenizer: "PreTrainedTokenizer") -> int:
     return token_id
 
 
+def load_tokenizer_explained(model_args: "ModelArguments") -> "TokenizerModule":
+    r"""LLaMA-Factory's ``load_tokenizer``, whose "Failed to load tokenizer." hides why: the cause and the setting."""
+    try:
+        return load_tokenizer(model_args)
+    except OSError as err:
+        cause = str(err.__cause__ or err).split("\n")[0]
+        raise OSError(
+            f"Cannot load the tokenizer and processor of model_name_or_path={model_args.model_name_or_path!r}: "
+            f"{cause} Set `model_name_or_path` (`--model`) to a local model folder, or download the model once online."
+        ) from err
+
+
 def load_action_tokenizer(
     model_args: "ModelArguments", data_args: "DataArguments"
 ) -> tuple["TokenizerModule", "Template"]:
@@ -49,7 +62,7 @@ def load_action_tokenizer(
 
     The template's mm_plugin reads videos with IVCP's reader, so token counting and the collator share one decision.
     """
-    tokenizer_module = load_tokenizer(model_args)
+    tokenizer_module = load_tokenizer_explained(model_args)
     add_action_token(tokenizer_module["tokenizer"])
     tokenizer_module["processor"] = action_processor(tokenizer_module["processor"])
     return tokenizer_module, with_video_reader(
@@ -128,6 +141,7 @@ def load_action_model(
     """
     action_token_id = tokenizer.convert_tokens_to_ids(ACTION_TOKEN)
     num_real_tokens = min(action_token_id, len(tokenizer))
+    quiet_optional_cpu_kernel_notice()  # PEFT imports bitsandbytes while loading
     backbone = load_model(tokenizer, model_args, finetuning_args, is_trainable)
     check_poolable(backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone)
     resize_embedding_layer(backbone, tokenizer)  # no-op when the table has spare rows (Qwen2-VL has ~280)
