@@ -68,6 +68,11 @@ def test_error_messages_name_what_the_client_sent_and_hide_server_paths():
     )
     assert client_message("'/data/x.mp4' is damaged", "/data/x.mp4") == "'/data/x.mp4' is damaged"  # theirs
     assert client_message("1/2 frames and/or more", "") == "1/2 frames and/or more"
+    upload = "/tmp/ivcp-api-x/upload.mp4"  # a data: URL's temporary file: the description already names the input
+    damaged = ActionDataError(f"video {upload!r} cannot be read by PyAV (Invalid data): re-encode it.", "x")
+    assert str(input_error(damaged, "input 0 (data:video/mp4;base64,...)", "data:video/mp4;base64,...", upload)) == (
+        "input 0 (data:video/mp4;base64,...): the video cannot be read by PyAV (Invalid data): re-encode it."
+    )
     unexpected = input_error(RuntimeError("boom at /srv/secret"), "input 0 (a.mp4)", "a.mp4", None)
     assert unexpected.status == 500 and "/srv" not in str(unexpected)
 

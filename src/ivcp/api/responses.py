@@ -55,8 +55,9 @@ def input_error(err: Exception, description: str, url: str, server_path: str | N
         return err
     if isinstance(err, MediaError):
         return InputError(f"{description}: {client_message(str(err), url)}", err.status)
-    if isinstance(err, ActionDataError):
-        message = client_message(str(err), url, (server_path,) if server_path else ())
+    if isinstance(err, ActionDataError):  # the description names the input already: the file is "the video"
+        message = str(err).replace(f"video {server_path!r}", "the video") if server_path else str(err)
+        message = client_message(message, url, (server_path,) if server_path else ())
         return InputError(f"{description}: {message}", ACTION_DATA_STATUS.get(err.kind, 400))
 
     logger.exception(f"Classifying {description} failed.", exc_info=err)
