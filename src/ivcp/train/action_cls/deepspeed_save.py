@@ -46,24 +46,28 @@ def fp32_head_state(model: "ActionClassificationModel") -> dict[str, torch.Tenso
     return state
 
 
-def backbone_state(engine: Any, model: "ActionClassificationModel") -> dict[str, torch.Tensor] | None:
-    r"""The backbone's weights for ``save_pretrained``, or None when they stay in DeepSpeed's own checkpoint.
+def weights_left_to_deepspeed(engine: Any, model: "ActionClassificationModel") -> bool:
+    r"""Full tuning under ZeRO-3 without the 16-bit gather: the model's weights stay in DeepSpeed's checkpoint.
 
-    A LoRA run gathers only the trainable weights under ZeRO-3 (HF does this for a ``PeftModel`` only); full tuning
-    without the 16-bit gather leaves the model to DeepSpeed's checkpoint (``zero_to_fp32.py`` recovers it).
+    ``zero_to_fp32.py`` recovers them, as HF Trainer leaves them; the head is still saved.
     """
     zero3 = engine.zero_optimization_partition_weights()
-    if saves_adapter_only(model):
-        return (
-            engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)
-            if zero3
-            else model.state_dict()
-        )
+    return zero3 and not saves_adapter_only(model) and not engine.zero_gather_16bit_weights_on_model_save()
 
-    if zero3 and not engine.zero_gather_16bit_weights_on_model_save():
-        return None
 
-    return engine._zero3_consolidated_16bit_state_dict() if zero3 else model.state_dict()
+def backbone_state(engine: Any, model: "ActionClassificationModel") -> dict[str, torch.Tensor]:
+    r"""The backbone's weights for ``save_pretrained`` on the main process (ZeRO-3 returns None on the others).
+
+    A LoRA run gathers only the trainable weights under ZeRO-3 (HF does this for a ``PeftModel`` only).
+    """
+    if weights_left_to_deepspeed(engine, model):
+        return {}
+
+    if not engine.zero_optimization_partition_weights():
+        return model.state_dict()
+
+    state = engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=saves_adapter_only(model))
+    return state if state is not None else {}
 
 
 @contextmanager

@@ -164,16 +164,16 @@ class ActionClsTrainer(Trainer):
         if not self.is_deepspeed_enabled:
             return super().save_model(output_dir, _internal_call)
 
-        from .deepspeed_save import backbone_state, fp32_head_state
+        from .deepspeed_save import backbone_state, fp32_head_state, weights_left_to_deepspeed
 
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
         backbone = backbone_state(self.model_wrapped, model)
         head = fp32_head_state(model)
         if self.args.should_save:
-            self._save(output_dir, state_dict={**(backbone or {}), **head})
+            self._save(output_dir, state_dict={**backbone, **head})
 
-        if backbone is None:  # as HF does: the weights live in DeepSpeed's checkpoint (zero_to_fp32.py)
+        if weights_left_to_deepspeed(self.model_wrapped, model):  # as HF does (recover with zero_to_fp32.py)
             logger.warning_rank0(
                 "stage3_gather_16bit_weights_on_model_save is false: the model's weights are saved in DeepSpeed's "
                 f"checkpoint in {output_dir} (recover them with zero_to_fp32.py); the action head is saved as usual."
