@@ -23,6 +23,7 @@ from .model import load_action_model, load_action_tokenizer
 from .model.decoding import class_names, decode
 from .model.head_config import head_arguments, load_head_config
 from .model.loader import find_head_directory
+from .stage_patches import model_loading_options
 from .stage_patches import register_stage as register
 
 
@@ -31,6 +32,20 @@ if TYPE_CHECKING:
 
 
 logger = get_logger(__name__)
+
+
+def _weights_dtype(name: str | torch.dtype) -> torch.dtype | None:
+    r"""``torch_dtype`` / ``infer_dtype`` as a dtype; None for ``auto`` (the checkpoint's own)."""
+    if isinstance(name, torch.dtype) or name == "auto":
+        return None if name == "auto" else name
+
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(
+            f"`torch_dtype: {name}` is not a floating-point dtype: use auto, bfloat16, float16 or float32."
+        )
+
+    return dtype
 
 
 class ActionClassifier:
@@ -49,9 +64,18 @@ class ActionClassifier:
         adapter: str | None = None,
         action_decoder_path: str | None = None,
         device: str | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        max_memory: dict[Any, Any] | None = None,
+        torch_dtype: str | torch.dtype | None = None,
         **kwargs: Any,
     ) -> "ActionClassifier":
-        r"""Load base model (+ adapter) and head; ``kwargs`` are LLaMA-Factory model/data arguments to override."""
+        r"""Load base model (+ adapter) and head; ``kwargs`` are LLaMA-Factory model/data arguments to override.
+
+        Placement as LLaMA-Factory's inference: ``device_map`` ``"auto"`` (the default: spread over the GPUs, then
+        CPU and disk), a dict, or ``device`` for one device; ``max_memory`` caps each device; ``torch_dtype`` (or
+        LLaMA-Factory's ``infer_dtype``) the weights' dtype, the checkpoint's by default. The head joins the last
+        layer's device.
+        """
         register()
         head_directory = find_head_directory(action_decoder_path, [adapter] if adapter else None, model_name_or_path)
         head_config = load_head_config(head_directory) if head_directory else None
@@ -70,12 +94,15 @@ class ActionClassifier:
             **head_arguments(head_config, kwargs),  # the user's arguments win (see ivcp.model.head_config)
         }
         model_args, data_args, finetuning_args, _ = get_infer_args({k: v for k, v in args.items() if v is not None})
-        model_args.device_map = None  # one device, chosen below: "auto" would shard the tiny head away
+        if device_map is not None or device is not None:  # else LLaMA-Factory's inference default, "auto"
+            model_args.device_map = device_map if device_map is not None else {"": device}
+        dtype = _weights_dtype(torch_dtype if torch_dtype is not None else model_args.infer_dtype)
         tokenizer_module, template = load_action_tokenizer(model_args, data_args)
-        model = load_action_model(
-            tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False, data_args=data_args
-        )
-        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        with model_loading_options(max_memory=max_memory, dtype=dtype):
+            model = load_action_model(
+                tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False, data_args=data_args
+            )
+        model.place_head()  # the backbone is already where device_map put it: never moved as a whole
         encoder = ActionDatasetProcessor(
             template=template,
             data_args=data_args,
@@ -171,7 +198,7 @@ class ActionClassifier:
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         r"""Class logits of a collated batch, on the CPU."""
-        device = next(self.model.action_decoder.parameters()).device
+        device = self.model.input_device
         batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
         return self.model(**batch).logits.float().cpu()
 
