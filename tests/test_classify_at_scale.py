@@ -6,6 +6,7 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ivcp.batch.inputs import list_inputs
@@ -114,8 +115,9 @@ def test_a_killed_run_resumes_each_video_exactly_once(clips, trained, one_proces
         while sum(len(list(read_rows(str(part)))) for part in parts.glob("*.jsonl")) < 10:
             assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
             time.sleep(0.2)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
+    finally:  # every process at once, as a lost machine: torchrun starts each rank in a session of its own
+        for survivor in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
+            survivor.send_signal(signal.SIGKILL)
         process.wait()
     done = written_rows(str(tmp_path / "out.jsonl"))
     assert 10 <= len(done) < len(copies) and not (tmp_path / "out.jsonl").exists()
@@ -212,9 +214,11 @@ def test_inputs_name_what_to_fix(tmp_path):
 
 def test_a_torn_line_is_cut_before_appending(tmp_path):
     path = tmp_path / "part.jsonl"
-    path.write_text('{"video": "a"}\n{"video": "b", "predi')
+    good, torn_then_appended = '{"video": "a"}\n', '{"video": "x{"video": "b"}\n'
+    path.write_text(good + torn_then_appended + '{"video": "c", "predi')  # ends in a torn line
     assert [row["video"] for row in read_rows(str(path))] == ["a"]
     writer = PartWriter(str(path))
-    writer.write([{"video": "b"}, {"video": "c"}])
+    writer.write([{"video": "c"}, {"video": "d"}])
     writer.close()
-    assert path.read_text() == '{"video": "a"}\n{"video": "b"}\n{"video": "c"}\n'
+    assert path.read_text() == good + torn_then_appended + '{"video": "c"}\n{"video": "d"}\n'
+    assert [row["video"] for row in read_rows(str(path))] == ["a", "c", "d"]

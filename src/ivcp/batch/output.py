@@ -16,6 +16,11 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
+from llamafactory.extras import logging
+
+
+logger = logging.get_logger(__name__)
+
 
 def parts_dir(output: str) -> str:
     return f"{output}.parts"
@@ -30,11 +35,23 @@ def part_path(output: str, part: int, parts: int) -> str:
 
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
-    r"""The complete rows of a JSONL file; a torn last line (no newline) is not a row."""
+    r"""The complete rows of a JSONL file; a torn last line (no newline) is not a row.
+
+    A line that is not a JSON row (a torn line that something appended to) is logged and left out, so its video is
+    classified again rather than the whole run stopping.
+    """
     with open(path, "rb") as f:
-        for line in f:
-            if line.endswith(b"\n"):
-                yield json.loads(line)
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict) and "video" in row:
+                yield row
+            else:
+                logger.warning(f"{path} line {number} is not a result row: its video is classified again.")
 
 
 def written_rows(output: str) -> dict[str, dict[str, Any]]:
