@@ -76,11 +76,11 @@ def test_torchrun_ranks_and_array_shards_give_one_process_rows(clips, trained, o
     assert not (work_dir / "ranks.jsonl.parts").exists()
 
     shard = ("--video_list", "videos.txt", "--output", "shards.jsonl", "--num_shards", "2", "--shard_index")
-    first = classify(work_dir, trained, *shard, "1")
-    assert first.returncode == 0 and "4 of 4 videos classified" in first.stderr
+    first = classify(work_dir, trained, *shard, "1")  # videos 1, 3 (the broken one), 5, 7
+    assert first.returncode == 1 and "3 of 4 videos classified, 1 failed." in first.stderr
     assert "merged when parts [0] are done" in first.stderr and not (work_dir / "shards.jsonl").exists()
     second = classify(work_dir, trained, *shard, "0")
-    assert second.returncode == 1 and "4 of 5 videos classified, 1 failed." in second.stderr
+    assert second.returncode == 0 and "5 of 5 videos classified, 0 failed." in second.stderr
     assert_same_rows(rows_of(work_dir / "shards.jsonl"), one_process)
 
 
@@ -197,8 +197,12 @@ def test_unlabelled_dataset_and_manifest_with_a_question(clips, trained, motion_
 def test_user_prompt_wraps_a_question_once():
     assert user_prompt("Which way?") == "<video>Which way?<ACTION>"
     assert user_prompt("  ") == user_prompt(None) == "<video>What is the person doing?<ACTION>"
-    with pytest.raises(ValueError, match="may not hold"):
+    with pytest.raises(ValueError, match="may not hold"):  # a server's client
         user_prompt("<video>Which way?<ACTION>")
+    assert user_prompt("<video>Which way?<ACTION>", whole_turn_ok=True) == "<video>Which way?<ACTION>"  # the data's
+    for half in ("Which way?<ACTION>", "<ACTION><video>Which way?", "<video><video>Which?<ACTION>"):
+        with pytest.raises(ValueError, match="neither a plain question"):
+            user_prompt(half, whole_turn_ok=True)
 
 
 def test_inputs_name_what_to_fix(tmp_path):

@@ -40,7 +40,7 @@ def _classify(args: argparse.Namespace) -> int:
     from .data.prompt import user_prompt
 
     try:
-        prompt = user_prompt(args.prompt)
+        prompt = user_prompt(args.prompt, whole_turn_ok=True)
         placement = Placement.from_env(args.num_shards, args.shard_index)
         inputs = list_inputs(
             prompt,
@@ -192,7 +192,9 @@ def _add_classify_arguments(classify: argparse.ArgumentParser) -> None:
         "--decode_workers", type=int, default=2, help="processes decoding the next batches (0: decode in the loop)"
     )
     classify.add_argument(
-        "--prompt", default=None, help="the question, without <video> or <ACTION> (added for you, as the API does)"
+        "--prompt",
+        default=None,
+        help="the question (<video> and <ACTION> are added, as the API does), or a whole user turn as the data has it",
     )
     classify.add_argument(
         "--set",

@@ -3,8 +3,8 @@
 The pipeline (``pip install 'ivcp[ray]'``)::
 
     ray.data.from_items(rows)                                           # {"video", "prompt", extra columns}
-      .map_batches(PrepareVideos, batch_size=..., concurrency=..., num_cpus=1)   # decode + collate, on CPUs
-      .map_batches(ClassifyVideos, batch_size=1, concurrency=..., num_gpus=...)  # forward + result rows
+      .map_batches(PrepareVideos, batch_size=..., compute=ActorPoolStrategy(size=...), num_cpus=1)  # decode, CPUs
+      .map_batches(ClassifyVideos, batch_size=1, compute=ActorPoolStrategy(size=...), num_gpus=...)  # the model
       .write_json(DIR)  /  .write_parquet(DIR)
 
 A prepared batch travels between the stages as one pickled row, so the collated tensors (whose shapes differ per
@@ -15,7 +15,9 @@ import pickle
 from typing import Any
 
 import pyarrow as pa
+import torch
 
+from ..data.context import ActionDataError
 from ..inference import ActionClassifier
 from .inputs import Item
 
@@ -43,6 +45,7 @@ class ClassifyVideos:
     ) -> None:
         self.classifier = ActionClassifier.from_pretrained(model, adapter=adapter, **(settings or {}))
         self.top_k = top_k
+        self.schema: pa.Schema | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = []
@@ -52,7 +55,23 @@ class ClassifyVideos:
                 extra = {key: value for key, value in row.items() if key not in ("video", "prompt")}
                 results.append({**extra, **self.classifier.result(row["video"], outcome, self.top_k)})
 
-        return pa.Table.from_pylist(results)
+        self.schema = self.schema or self._schema(results[0])
+        return pa.Table.from_pylist(results, schema=self.schema)
+
+    def _schema(self, row: dict[str, Any]) -> pa.Schema:
+        r"""One schema for every block, whatever mix of results and errors it holds: Arrow infers from the first row.
+
+        It is the union of a classified and a failed row of this head (its extra columns taken from ``row``).
+        """
+        extra = {key: value for key, value in row.items() if key not in ("video", "error", "error_kind")}
+        logits = torch.full((1, self.classifier.model.action_decoder.num_classes), 10.0)  # every class chosen
+        error = ActionDataError("example", kind="video unreadable")
+        samples = [
+            {**self.classifier.result("v", logits[0], self.top_k), **extra},
+            {**self.classifier.result("v", error, self.top_k), **extra},
+        ]
+        columns = {key: None for sample in samples for key in sample}
+        return pa.Table.from_pylist([{**columns, **sample} for sample in samples]).schema
 
 
 def classify_with_ray(
@@ -80,7 +99,7 @@ def classify_with_ray(
             fn_constructor_kwargs=arguments,
             batch_size=batch_size,
             batch_format="pyarrow",
-            concurrency=decode_concurrency,
+            compute=ray.data.ActorPoolStrategy(size=decode_concurrency),
             num_cpus=1,
         )
         .map_batches(
@@ -88,7 +107,7 @@ def classify_with_ray(
             fn_constructor_kwargs={**arguments, "top_k": top_k},
             batch_size=1,
             batch_format="pyarrow",
-            concurrency=concurrency,
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
             num_gpus=num_gpus,
         )
     )

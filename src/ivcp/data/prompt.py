@@ -7,14 +7,32 @@ from ..model.action_decoder import ACTION_TOKEN
 SPECIAL_TOKENS = ("<video>", "<image>", "<audio>", ACTION_TOKEN)
 
 
-def user_prompt(text: str | None) -> str:
+def user_prompt(text: str | None, whole_turn_ok: bool = False) -> str:
     r"""``<video>{text}<ACTION>`` (the layout the stage trains on), or the default prompt when ``text`` is empty.
 
-    Raises ValueError when ``text`` already holds a placeholder: the caller's question is plain text, and a second
-    ``<video>`` or ``<ACTION>`` would shift what the head reads.
+    A question that holds a placeholder raises ValueError: a second ``<video>`` or ``<ACTION>`` would shift what the
+    head reads. With ``whole_turn_ok`` (a local user, not a server's client), a whole user turn as a dataset writes it
+    (one ``<video>``, ``<ACTION>`` after it) is taken as it is.
     """
     text = (text or "").strip()
-    if any(token in text for token in SPECIAL_TOKENS):
-        raise ValueError(f"the prompt may not hold {', '.join(SPECIAL_TOKENS)}: they are added to it.")
+    if not any(token in text for token in SPECIAL_TOKENS):
+        return f"<video>{text}{ACTION_TOKEN}" if text else DEFAULT_PROMPT
 
-    return f"<video>{text}{ACTION_TOKEN}" if text else DEFAULT_PROMPT
+    if whole_turn_ok and _is_whole_turn(text):
+        return text
+
+    if whole_turn_ok:
+        raise ValueError(
+            f"the prompt {text!r} is neither a plain question (<video> and {ACTION_TOKEN} are added to it) nor a "
+            f"whole user turn with one <video> and {ACTION_TOKEN} after it, e.g. {DEFAULT_PROMPT!r}."
+        )
+    raise ValueError(f"the text may not hold {', '.join(SPECIAL_TOKENS)}: they are added to it.")
+
+
+def _is_whole_turn(text: str) -> bool:
+    return (
+        text.count("<video>") == 1
+        and "<image>" not in text
+        and "<audio>" not in text
+        and text.rfind(ACTION_TOKEN) > text.index("<video>")
+    )
