@@ -3,19 +3,21 @@
 Each setting classifies the same ``--videos`` files (hard links of the motion clips, so no cache is shared by name)
 into a fresh output and reports the rate its own summary line prints: videos per second from the model being loaded
 to the last row written, across all ranks (process start and model loading excluded, as they do not grow with the
-archive). Ratios are to one process decoding in its loop (``--decode_workers 0``), measured in the same run. A last
+archive). The settings run in turn, ``--repeats`` rounds (medians shown), so that a change in the machine's other load
+hits them alike. Ratios are to one process decoding in its loop (``--decode_workers 0``), in the same run. A last
 in-process pass splits one process's time between preparing batches (reading, decoding, processing and collating
 the videos: what the decode workers take over) and the model's forward pass, which shows where the time goes.
 
 Without ``--model`` it builds a tiny random Qwen2-VL and trains a classifier for 2 steps first (see serve_load.py).
 
-    flock /tmp/cpu.lock python benchmarks/classify_at_scale.py                 # about 5 minutes on 2 busy cores
+    flock /tmp/cpu.lock python benchmarks/classify_at_scale.py                 # about 10 minutes on 2 busy cores
     python benchmarks/classify_at_scale.py --videos 512 --processes 1 2 4 --workers 0 1 2 --batch_size 8
 """
 
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,8 @@ from serve_load import _env, train_tiny_classifier
 
 def run(work_dir: str, args: argparse.Namespace, processes: int, workers: int) -> float:
     output = os.path.join(work_dir, f"out_{processes}_{workers}.jsonl")
+    if os.path.exists(output):  # an earlier round's: it would be resumed, with nothing left to do
+        os.remove(output)
     launcher = (
         ["ivcp"] if processes == 1 else ["torchrun", "--standalone", "--nproc_per_node", str(processes), "-m", "ivcp"]
     )
@@ -42,9 +46,12 @@ def run(work_dir: str, args: argparse.Namespace, processes: int, workers: int) -
 
 def time_split(args: argparse.Namespace, videos: list[str]) -> tuple[float, float]:
     r"""Seconds one process spends preparing all batches, and in the model, for the same videos."""
+    import torch
+
     from ivcp import DEFAULT_PROMPT
     from ivcp.inference import ActionClassifier
 
+    torch.set_num_threads(args.threads)  # as the measured processes run
     classifier = ActionClassifier.from_pretrained(args.model, adapter=args.adapter)
     prepare = forward = 0.0
     for start in range(0, len(videos), args.batch_size):
@@ -67,6 +74,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over all settings, interleaved; medians shown")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as work_dir:
@@ -89,7 +97,8 @@ def main() -> None:
         )
         settings = [(1, workers) for workers in args.workers]
         settings += [(processes, workers) for processes in args.processes if processes > 1 for workers in (0, 1)]
-        rates = {setting: run(work_dir, args, *setting) for setting in settings}
+        rounds = [{setting: run(work_dir, args, *setting) for setting in settings} for _ in range(args.repeats)]
+        rates = {setting: statistics.median(rates[setting] for rates in rounds) for setting in settings}
         baseline = rates[1, 0]
         print(f"{'processes':>9} {'decode workers':>14} {'videos/s':>9} {'ratio':>6}")
         for (processes, workers), rate in rates.items():

@@ -20,6 +20,7 @@ import torch
 from ..data.context import ActionDataError
 from ..inference import ActionClassifier
 from .inputs import Item
+from .runner import output_row
 
 
 class PrepareVideos:
@@ -53,24 +54,20 @@ class ClassifyVideos:
             rows, collated, outcomes = pickle.loads(prepared)
             for row, outcome in zip(rows, self.classifier.classify_prepared(collated, outcomes)):
                 extra = {key: value for key, value in row.items() if key not in ("video", "prompt")}
-                results.append({**extra, **self.classifier.result(row["video"], outcome, self.top_k)})
+                results.append(output_row(self.classifier, row["video"], extra, outcome, self.top_k))
+                self.schema = self.schema or self._schema(extra)
 
-        self.schema = self.schema or self._schema(results[0])
         return pa.Table.from_pylist(results, schema=self.schema)
 
-    def _schema(self, row: dict[str, Any]) -> pa.Schema:
+    def _schema(self, extra: dict[str, Any]) -> pa.Schema:
         r"""One schema for every block, whatever mix of results and errors it holds: Arrow infers from the first row.
 
-        It is the union of a classified and a failed row of this head (its extra columns taken from ``row``).
+        It is the union of a classified and a failed row of this head, with the extra columns of the input rows.
         """
-        extra = {key: value for key, value in row.items() if key not in ("video", "error", "error_kind")}
         logits = torch.full((1, self.classifier.model.action_decoder.num_classes), 10.0)  # every class chosen
         error = ActionDataError("example", kind="video unreadable")
-        samples = [
-            {**self.classifier.result("v", logits[0], self.top_k), **extra},
-            {**self.classifier.result("v", error, self.top_k), **extra},
-        ]
-        columns = {key: None for sample in samples for key in sample}
+        samples = [output_row(self.classifier, "v", extra, outcome, self.top_k) for outcome in (logits[0], error)]
+        columns = dict.fromkeys(key for sample in samples for key in sample)
         return pa.Table.from_pylist([{**columns, **sample} for sample in samples]).schema
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.context import ActionDataError
 from .inputs import Item
 from .output import PartWriter, mark_done, merge, missing_parts, part_path, written_rows
 from .ranks import Placement, Progress
@@ -83,6 +84,17 @@ class _StandardOutput:
         pass
 
 
+def output_row(
+    classifier: "ActionClassifier",
+    video: str,
+    extra: dict[str, Any],
+    outcome: "torch.Tensor | ActionDataError",
+    top_k: int,
+) -> dict[str, Any]:
+    r"""The output row of one video: its manifest columns, then the classifier's result (the one place it is made)."""
+    return {**extra, **classifier.result(video, outcome, top_k)}
+
+
 def json_line(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False) + "\n"
 
@@ -103,15 +115,17 @@ def classify_items(
     try:
         if classifier is not None:
             for chunk, batch, outcomes in prepared_batches(classifier, todo, job.batch_size, job.decode_workers):
-                rows = [
-                    {**item.extra, **classifier.result(item.video, outcome, job.top_k)}
-                    for item, outcome in zip(chunk, classifier.classify_prepared(batch, outcomes))
-                ]
-                writer.write(rows)
-                failed = [row for row in rows if "error" in row]
-                for row in failed:
-                    print(f"ivcp classify: {row['error']}", file=sys.stderr)
-                progress.advance(len(rows), len(failed))
+                logits_or_errors = classifier.classify_prepared(batch, outcomes)
+                writer.write(
+                    [
+                        output_row(classifier, item.video, item.extra, outcome, job.top_k)
+                        for item, outcome in zip(chunk, logits_or_errors)
+                    ]
+                )
+                failed = [outcome for outcome in logits_or_errors if isinstance(outcome, ActionDataError)]
+                for error in failed:
+                    print(f"ivcp classify: {error}", file=sys.stderr)
+                progress.advance(len(chunk), len(failed))
     finally:
         writer.close()
 
@@ -119,12 +133,13 @@ def classify_items(
         mark_done(job.output, placement.part, placement.parts)
     totals = progress.finish()
     if placement.rank == 0:
-        _summarize(job, placement, items, totals, progress.elapsed)
+        _finish(job, placement, items, totals, progress.elapsed)
 
     return 1 if placement.rank == 0 and totals["failed"] else 0  # one exit status per launch: rank 0's
 
 
-def _summarize(job: Job, placement: Placement, items: list[Item], totals: dict[str, int], seconds: float) -> None:
+def _finish(job: Job, placement: Placement, items: list[Item], totals: dict[str, int], seconds: float) -> None:
+    r"""Rank 0: the launch's summary, and the merge of the output once every part of it is done."""
     done, failed, skipped = totals["done"], totals["failed"], totals["skipped"]
     say = lambda message: print(f"ivcp classify: {message}", file=sys.stderr)
     if done:
