@@ -11,7 +11,7 @@ import pytest
 
 from ivcp.batch.inputs import list_inputs
 from ivcp.batch.output import PartWriter, read_rows, written_rows
-from ivcp.data.prompt import user_prompt
+from ivcp.data.prompt import user_prompt, wrap_question
 
 from .conftest import motion_data_with, read_json, run_command, start_command, write_broken_videos
 
@@ -43,7 +43,7 @@ def assert_same_rows(rows: list[dict], expected: list[dict]) -> None:
     assert [row["video"] for row in rows] == [row["video"] for row in expected]  # no loss, no duplicate, in order
     for row, reference in zip(rows, expected):
         assert row.get("predicted") == reference.get("predicted") and row.get("error") == reference.get("error")
-        for ours, theirs in zip(row.get("top_k", []), reference.get("top_k", []), strict=True):
+        for ours, theirs in zip(row.get("classes", []), reference.get("classes", []), strict=True):
             assert ours["class"] == theirs["class"]
             assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-6)
 
@@ -191,18 +191,16 @@ def test_unlabelled_dataset_and_manifest_with_a_question(clips, trained, motion_
     assert [row["predicted"] for row in by_dataset] == [record["predicted"] for record in records]
     assert rows[0]["clip_id"] == "first" and rows[1]["clip_id"] == "broken"
     assert rows[1]["error_kind"] == "video unreadable" and "error" not in rows[0]  # the question was wrapped
-    assert rows[0]["top_k"][0]["probability"] != pytest.approx(one_process[0]["top_k"][0]["probability"], abs=1e-6)
+    assert rows[0]["classes"][0]["probability"] != pytest.approx(one_process[0]["classes"][0]["probability"], abs=1e-6)
 
 
 def test_user_prompt_wraps_a_question_once():
-    assert user_prompt("Which way?") == "<video>Which way?<ACTION>"
+    assert user_prompt("Which way?") == wrap_question("Which way?") == "<video>Which way?<ACTION>"
     assert user_prompt("  ") == user_prompt(None) == "<video>What is the person doing?<ACTION>"
-    with pytest.raises(ValueError, match="may not hold"):  # a server's client
-        user_prompt("<video>Which way?<ACTION>")
-    assert user_prompt("<video>Which way?<ACTION>", whole_turn_ok=True) == "<video>Which way?<ACTION>"  # the data's
+    assert user_prompt("<video>Which way?<ACTION>") == "<video>Which way?<ACTION>"  # the data's own turn
     for half in ("Which way?<ACTION>", "<ACTION><video>Which way?", "<video><video>Which?<ACTION>"):
         with pytest.raises(ValueError, match="neither a plain question"):
-            user_prompt(half, whole_turn_ok=True)
+            user_prompt(half)
 
 
 def test_inputs_name_what_to_fix(tmp_path):

@@ -40,7 +40,7 @@ def _classify(args: argparse.Namespace) -> int:
     from .data.prompt import user_prompt
 
     try:
-        prompt = user_prompt(args.prompt, whole_turn_ok=True)
+        prompt = user_prompt(args.prompt)
         placement = Placement.from_env(args.num_shards, args.shard_index)
         inputs = list_inputs(
             prompt,
@@ -141,7 +141,7 @@ def _check_data(args: argparse.Namespace) -> int:
     config.update(_parse_settings(args.set))
     try:
         report = check_data(config, num_workers=args.workers)
-    except (ValueError, FileNotFoundError) as err:  # settings, model or template that cannot work at all
+    except (ValueError, OSError) as err:  # settings, model (offline, not a folder) or template that cannot work at all
         print(f"ivcp check-data: {err}", file=sys.stderr)
         return 2
 

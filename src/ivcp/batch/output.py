@@ -16,10 +16,10 @@ import shutil
 from collections.abc import Iterator
 from typing import Any
 
-from llamafactory.extras import logging
+from ..log import get_logger
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 def parts_dir(output: str) -> str:

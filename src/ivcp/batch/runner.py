@@ -115,17 +115,15 @@ def classify_items(
     try:
         if classifier is not None:
             for chunk, batch, outcomes in prepared_batches(classifier, todo, job.batch_size, job.decode_workers):
-                logits_or_errors = classifier.classify_prepared(batch, outcomes)
-                writer.write(
-                    [
-                        output_row(classifier, item.video, item.extra, outcome, job.top_k)
-                        for item, outcome in zip(chunk, logits_or_errors)
-                    ]
-                )
-                failed = [outcome for outcome in logits_or_errors if isinstance(outcome, ActionDataError)]
-                for error in failed:
-                    print(f"ivcp classify: {error}", file=sys.stderr)
-                progress.advance(len(chunk), len(failed))
+                rows = [
+                    output_row(classifier, item.video, item.extra, outcome, job.top_k)
+                    for item, outcome in zip(chunk, classifier.classify_prepared(batch, outcomes))
+                ]
+                writer.write(rows)
+                failed = [row for row in rows if "error" in row]  # unreadable files, non-finite logits
+                for row in failed:
+                    print(f"ivcp classify: {row['error']}", file=sys.stderr)
+                progress.advance(len(rows), len(failed))
     finally:
         writer.close()
 

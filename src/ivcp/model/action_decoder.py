@@ -111,35 +111,6 @@ class ActionDecoder(nn.Module):
         return action_embedding
 
 
-def load_head_config(load_directory: str) -> dict[str, Any] | None:
-    path = os.path.join(load_directory, HEAD_CONFIG_NAME)
-    if not os.path.isfile(path):
-        return None
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): restore it from the training output.") from err
-
-
-def head_arguments(head_config: dict[str, Any]) -> dict[str, Any]:
-    r"""The arguments that rebuild a saved head and its preprocessing, for evaluation and inference."""
-    saved_options = {  # heads saved before an option existed lack its key: the option's default then applies
-        "action_problem_type": head_config.get("problem_type"),  # the head's decoding rule, never the other
-        "action_threshold": head_config.get("threshold"),
-        "action_decoder_dropout": head_config.get("dropout"),
-        "action_hidden_layer": head_config.get("hidden_layer"),
-    }
-    return {
-        "num_action_classes": head_config["num_classes"],
-        "action_decoder_type": head_config["decoder_type"],
-        "action_decoder_hidden_size": head_config["decoder_hidden_size"],
-        **{name: value for name, value in saved_options.items() if value is not None},
-        **head_config.get("preprocessing", {}),
-    }
-
-
 def load_head_tensors(load_directory: str) -> dict[str, torch.Tensor]:
     path = os.path.join(load_directory, HEAD_WEIGHTS_NAME)
     if not os.path.isfile(path):
