@@ -227,7 +227,12 @@ class ActionClassifier:
 
     def classify_batch(self, videos: list[str], prompt: str = DEFAULT_PROMPT) -> list[torch.Tensor | ActionDataError]:
         r"""Per video, its row of logits or the error that stopped it (the others are still classified)."""
-        batch, outcomes = self.prepare(videos, [prompt] * len(videos))
+        return self.classify_prepared(*self.prepare(videos, [prompt] * len(videos)))
+
+    def classify_prepared(
+        self, batch: dict[str, Any] | None, outcomes: list[int | ActionDataError]
+    ) -> list[torch.Tensor | ActionDataError]:
+        r"""What :meth:`classify_batch` returns, from what :meth:`prepare` returned (maybe in another process)."""
         rows = iter(self.forward(batch) if batch is not None else [])
         return [outcome if isinstance(outcome, ActionDataError) else next(rows) for outcome in outcomes]
 
@@ -264,8 +269,8 @@ class ActionClassifier:
         progress: bool = False,
     ) -> Iterator[dict[str, Any]]:
         r"""The results of :meth:`predict`, in order, each as soon as its batch is done."""
-        for start, outcomes in zip(
-            range(0, len(videos), batch_size), self._batches(videos, prompt, batch_size, progress)
+        for outcomes, start in zip(  # the batches first: zip then runs them to their end, and the bar to 100%
+            self._batches(videos, prompt, batch_size, progress), range(0, len(videos), batch_size)
         ):
             for video, outcome in zip(videos[start : start + batch_size], outcomes):
                 yield self.result(video, outcome, top_k)
