@@ -135,6 +135,7 @@ def load_action_model(
         decoder_type=finetuning_args.action_decoder_type,
         decoder_hidden_size=finetuning_args.action_decoder_hidden_size,
         dropout=finetuning_args.action_decoder_dropout,
+        bias=finetuning_args.action_decoder_bias,
     )
     model = ActionClassificationModel(
         backbone=backbone,
@@ -182,6 +183,7 @@ def _check_head_config(directory: str, config: dict | None, model: ActionClassif
         ("hidden_size", None),
         ("decoder_type", "action_decoder_type"),
         ("problem_type", "action_problem_type"),
+        ("bias", "action_decoder_bias"),
     ):
         saved, wanted = config.get(key), wanted_values[key]
         if saved is not None and saved != wanted:
