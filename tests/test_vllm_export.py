@@ -25,12 +25,12 @@ from llamafactory.train.tuner import export_model, run_exp
 from safetensors.torch import load_file, save_file
 
 from ivcp import DEFAULT_PROMPT
-from ivcp.demo.motion_videos import DIRECTIONS
+from ivcp.demo.families import FAMILIES, QWEN2_FAMILIES, build_tiny_family
+from ivcp.demo.motion_videos import DIRECTIONS, make_motion_dataset
 from ivcp.demo.object_videos import COLOURS, PROMPT, make_object_dataset
-from ivcp.demo.tiny_model import build_tiny_qwen2vl
 from ivcp.inference import ActionClassifier
 from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME, load_head_config
-from ivcp.model.vllm_layout import SCORE_FILE, SCORE_WEIGHT, check_vllm_export, vllm_refusal
+from ivcp.model.vllm_layout import SCORE_FILE, check_vllm_export, vllm_refusal
 from ivcp.show_frames import _plugin, describe
 
 from .conftest import base_config, read_json
@@ -44,6 +44,7 @@ VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLI
 PROBABILITY_TOLERANCE = 2e-3
 NUM_CLIPS = 8
 RUNS = {  # name -> (family, training overrides)
+    "qwen3_vl_lora": ("qwen3_vl", {"finetuning_type": "lora"}),
     "qwen2_vl_lora": ("qwen2_vl", {"finetuning_type": "lora"}),
     "qwen2_vl_full": ("qwen2_vl", {"finetuning_type": "full"}),
     "qwen2_vl_multi_label": ("qwen2_vl", {"finetuning_type": "lora", "action_problem_type": "multi_label"}),
@@ -69,6 +70,17 @@ def test_export_refuses_what_vllm_cannot_serve():
     assert "'internvl'" in vllm_refusal("internvl", linear)
 
 
+def _vllm_metadata(info: dict) -> dict:
+    r"""The frames' place in the file as vLLM's video metadata (Qwen3-VL prints their timestamps in the prompt)."""
+    return {
+        "fps": info["average_fps"],
+        "frames_indices": info["sampled_frames"],
+        "total_num_frames": info["frames_in_file"],
+        "duration": info["duration"],
+        "do_sample_frames": False,  # these are the frames: vLLM's processor must not sample again
+    }
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory) -> dict[str, dict]:
     r"""Per run: its export folder, prompt, 8 clips, their frames as IVCP samples them, IVCP's probabilities and ids."""
@@ -76,15 +88,10 @@ def exports(tmp_path_factory) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("vllm_exports")
     data_dir = root / "data"
     make_object_dataset(str(data_dir), num_train=8, num_test=NUM_CLIPS, seed=3)  # multi-label, with names
-    from ivcp.demo.motion_videos import make_motion_dataset
-
     make_motion_dataset(str(data_dir), num_train_per_class=2, num_test_per_class=2, seed=0)
     names_file = data_dir / "directions.json"
     names_file.write_text(json.dumps(list(DIRECTIONS)))
-    models = {
-        family: build_tiny_qwen2vl(str(root / family), seed=0, model_type=family, hidden_size=128, num_heads=2)
-        for family in {family for family, _ in RUNS.values()}
-    }
+    models = {family: build_tiny_family(str(root / family), family, vllm_sized=True) for family, _ in RUNS.values()}
     results = {}
     for name, (family, overrides) in RUNS.items():
         multi_label = overrides.get("action_problem_type") == "multi_label"
@@ -94,15 +101,16 @@ def exports(tmp_path_factory) -> dict[str, dict]:
             else {"action_label_names": str(names_file)}
         )
         output_dir, export_dir = root / f"{name}_out", root / f"{name}_export"
+        template = QWEN2_FAMILIES.get(family) or FAMILIES[family].template
         config = base_config(
-            models[family], str(data_dir), str(output_dir), **task, **overrides,
+            models[family], str(data_dir), str(output_dir), **task, **overrides, template=template,
             action_decoder_bias=False, video_maxlen=8, max_steps=2, save_steps=100, plot_loss=False,
         )  # fmt: skip
         run_exp(config)
         source = {"model_name_or_path": str(output_dir)}
         if overrides["finetuning_type"] == "lora":
             source = {"model_name_or_path": models[family], "adapter_name_or_path": str(output_dir)}
-        export_model({**source, "template": "qwen2_vl", **overrides, "export_dir": str(export_dir)})
+        export_model({**source, "template": template, **overrides, "export_dir": str(export_dir)})
 
         test_file = "objects_test.json" if multi_label else "motion_test.json"
         videos = [str(data_dir / example["videos"][0]) for example in read_json(data_dir / test_file)][:NUM_CLIPS]
@@ -114,16 +122,16 @@ def exports(tmp_path_factory) -> dict[str, dict]:
         logits = exported.predict_logits(videos, prompt)
         torch.testing.assert_close(logits, trained.predict_logits(videos, prompt), rtol=1e-4, atol=1e-5)
         preprocessing = load_head_config(str(export_dir))["preprocessing"]
-        frame_files = []
+        clips = []
         for i, video in enumerate(videos):
-            frames = describe(video, preprocessing, _plugin(preprocessing["template"]))[1]
-            frame_files.append(str(root / f"{name}_frames_{i}.npy"))
-            np.save(frame_files[-1], np.stack([np.asarray(frame.convert("RGB")) for frame in frames]))
+            info, frames = describe(video, preprocessing, _plugin(preprocessing["template"]))
+            clips.append({"frames": str(root / f"{name}_frames_{i}.npy"), "metadata": _vllm_metadata(info)})
+            np.save(clips[-1]["frames"], np.stack([np.asarray(frame.convert("RGB")) for frame in frames]))
         results[name] = {
             "dir": str(export_dir),
             "prompt": prompt,
             "videos": videos,
-            "frames": frame_files,
+            "clips": clips,
             "probs": (logits.sigmoid() if multi_label else logits.softmax(-1)).numpy(),
             "input_ids": [exported.encode(video, prompt)["input_ids"] for video in videos],
             "predictions": exported.predict(videos, prompt=prompt),
@@ -137,7 +145,7 @@ def vllm_classified(exports, tmp_path_factory) -> dict[str, dict]:
     r"""``LLM.classify`` of every export on its clips' frames, in one vLLM process."""
     work_dir = tmp_path_factory.mktemp("vllm_classify")
     job = {
-        run["dir"]: {"clips": run["frames"], "text": run["prompt"].replace("<video>", "")} for run in exports.values()
+        run["dir"]: {"clips": run["clips"], "text": run["prompt"].replace("<video>", "")} for run in exports.values()
     }
     (work_dir / "job.json").write_text(json.dumps(job))
     started = time.monotonic()
@@ -150,7 +158,8 @@ def vllm_classified(exports, tmp_path_factory) -> dict[str, dict]:
         ],
         check=False,
         cwd=work_dir,
-        env={**os.environ, **VLLM_ENV, "PYTHONPATH": ""},  # the vLLM venv's packages only
+        # the vLLM venv's packages only; the engine in this process (no re-import of vLLM per model: ~30 s each)
+        env={**os.environ, **VLLM_ENV, "PYTHONPATH": "", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
         capture_output=True,
         text=True,
         timeout=1800,
@@ -248,11 +257,11 @@ def test_a_tampered_export_fails_loudly(exports, tmp_path):
     assert _check_export_cli(source).returncode == 0
 
     renamed = shutil.copytree(source, tmp_path / "renamed")
-    weights = load_file(str(renamed / SCORE_FILE))
-    save_file({"score.weight": weights[SCORE_WEIGHT]}, str(renamed / SCORE_FILE))  # vLLM would init a random score
+    (score_weight,) = load_file(str(renamed / SCORE_FILE)).values()
+    save_file({"score.weight": score_weight}, str(renamed / SCORE_FILE))  # Qwen2-VL in vLLM: a random score, silently
     checked = _check_export_cli(str(renamed))
-    assert checked.returncode == 1 and f"must hold exactly {SCORE_WEIGHT}" in checked.stderr
-    with pytest.raises(ValueError, match=f"holds no tensor '{SCORE_WEIGHT}'"):
+    assert checked.returncode == 1 and "must hold exactly language_model.score.weight" in checked.stderr
+    with pytest.raises(ValueError, match="holds no tensor 'language_model.score.weight'"):
         ActionClassifier.from_pretrained(str(renamed), device="cpu")
 
     unnamed = shutil.copytree(source, tmp_path / "unnamed")

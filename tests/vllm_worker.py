@@ -1,7 +1,8 @@
 """Runs in the vLLM venv (scripts/vllm_venv.sh), not the project's: vLLM's ``LLM.classify`` on given frames.
 
-``python vllm_worker.py JOB.json OUT.json``: JOB maps each export folder to its ``clips`` (``.npy`` frame arrays,
-T x H x W x 3 uint8) and ``text`` (the prompt after the video); OUT gets, per folder, each clip's probabilities and
+``python vllm_worker.py JOB.json OUT.json``: JOB maps each export folder to its ``clips`` (each a ``frames`` .npy
+array, T x H x W x 3 uint8, and the ``metadata`` vLLM's Qwen3-VL needs for its timestamps: which frames of the file
+they are, at which fps) and ``text`` (the prompt after the video); OUT gets, per folder, each clip's probabilities and
 the prompt token ids vLLM classified. One process loads each model once (a load takes ~20 s).
 """
 
@@ -12,7 +13,7 @@ import sys
 import numpy as np
 
 
-def classify(model_dir: str, clips: list[str], text: str) -> dict:
+def classify(model_dir: str, clips: list[dict], text: str) -> dict:
     from vllm import LLM
 
     llm = LLM(
@@ -25,7 +26,8 @@ def classify(model_dir: str, clips: list[str], text: str) -> dict:
     )
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
     prompt = llm.get_tokenizer().apply_chat_template(messages, tokenize=False)  # the folder's chat template
-    outputs = llm.classify([{"prompt": prompt, "multi_modal_data": {"video": np.load(clip)}} for clip in clips])
+    videos = [(np.load(clip["frames"]), clip["metadata"]) for clip in clips]
+    outputs = llm.classify([{"prompt": prompt, "multi_modal_data": {"video": video}} for video in videos])
     result = {
         "probs": [output.outputs.probs for output in outputs],
         "prompt_token_ids": [list(output.prompt_token_ids) for output in outputs],

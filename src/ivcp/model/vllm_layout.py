@@ -8,7 +8,6 @@ config.json (top level and ``text_config``) and loads every tensor the weight in
 does not find is initialised at random without a word, so :func:`check_vllm_export` checks what vLLM does not.
 """
 
-import glob
 import json
 import os
 from typing import Any
@@ -19,12 +18,14 @@ from .action_decoder import ACTION_TOKEN, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, S
 from .multi_label import MULTI_LABEL, SINGLE_LABEL
 
 
-VLLM_ARCHITECTURES = {  # config.json model_type -> the class vLLM 0.32 converts from its *ForConditionalGeneration
-    "qwen2_vl": "Qwen2VLForSequenceClassification",
-    "qwen2_5_vl": "Qwen2_5_VLForSequenceClassification",
-    "qwen3_vl": "Qwen3VLForSequenceClassification",
+# config.json model_type -> (the class vLLM 0.32 converts from its *ForConditionalGeneration, the name its loader
+# gives the head). Qwen2(.5)-VL's language model is converted itself and owns `score`; Qwen3-VL's is not, so the
+# VLM gets `score` at the top level. A name vLLM does not place stops its loader; none at all leaves `score` random.
+VLLM_FAMILIES = {
+    "qwen2_vl": ("Qwen2VLForSequenceClassification", "language_model.score.weight"),
+    "qwen2_5_vl": ("Qwen2_5_VLForSequenceClassification", "language_model.score.weight"),
+    "qwen3_vl": ("Qwen3VLForSequenceClassification", "score.weight"),
 }
-SCORE_WEIGHT = "language_model.score.weight"  # vLLM maps it to the VLM's `score`; a top-level `score.weight` is not
 SCORE_FILE = "score.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -34,8 +35,8 @@ VLLM_HEAD_HINT = "train with `action_decoder_type: linear` and `action_decoder_b
 
 def vllm_refusal(model_type: str | None, head_config: dict[str, Any]) -> str | None:
     r"""Why stock vLLM cannot serve this classifier as exported, or None when it can."""
-    if model_type not in VLLM_ARCHITECTURES:
-        return f"vLLM export supports the families {sorted(VLLM_ARCHITECTURES)}; this model is {model_type!r}"
+    if model_type not in VLLM_FAMILIES:
+        return f"vLLM export supports the families {sorted(VLLM_FAMILIES)}; this model is {model_type!r}"
 
     if head_config.get("decoder_type") != "linear":
         return f"vLLM's classifier layer is one linear layer, this head is `{head_config.get('decoder_type')}`: " + (
@@ -88,39 +89,34 @@ def _check_labels(where: str, config: dict[str, Any], head: dict[str, Any], prob
         problems.append(f"{where} has problem_type {config.get('problem_type')!r}, the head needs {wanted!r}")
 
 
-def _check_weights(directory: str, head: dict[str, Any], problems: list[str]) -> None:
+def _check_weights(directory: str, head: dict[str, Any], score_weight: str, problems: list[str]) -> None:
     index = _read_json(os.path.join(directory, INDEX_FILE), problems)
     if index is None:
         return
 
     weight_map = index.get("weight_map", {})
-    if weight_map.get(SCORE_WEIGHT) != SCORE_FILE:
-        problems.append(f"{INDEX_FILE} must list {SCORE_WEIGHT} in {SCORE_FILE} (vLLM would use a random head)")
+    if weight_map.get(score_weight) != SCORE_FILE:
+        problems.append(f"{INDEX_FILE} must list {score_weight} in {SCORE_FILE} (vLLM would use a random head)")
 
-    strays = [name for name in weight_map if ("score" in name or "action" in name) and name != SCORE_WEIGHT]
+    strays = [name for name in weight_map if ("score" in name or "action" in name) and name != score_weight]
     if strays:
-        problems.append(f"{INDEX_FILE} lists {strays}, which vLLM cannot place (only {SCORE_WEIGHT} is the head)")
+        problems.append(f"{INDEX_FILE} lists {strays}, which vLLM cannot place (only {score_weight} is the head)")
 
-    unlisted = sorted(
-        os.path.basename(path)
-        for path in glob.glob(os.path.join(directory, "*.safetensors"))
-        if os.path.basename(path) not in set(weight_map.values())
-    )
-    if HEAD_WEIGHTS_NAME in unlisted:
-        problems.append(f"{HEAD_WEIGHTS_NAME} is in the folder: vLLM stops on it")
+    if os.path.isfile(os.path.join(directory, HEAD_WEIGHTS_NAME)):
+        problems.append(f"{HEAD_WEIGHTS_NAME} is in the folder: IVCP would load that head, not the one vLLM serves")
 
     try:
         with safe_open(os.path.join(directory, SCORE_FILE), "pt") as f:
             keys = list(f.keys())
-            shape = tuple(f.get_slice(SCORE_WEIGHT).get_shape()) if SCORE_WEIGHT in keys else None
+            shape = tuple(f.get_slice(score_weight).get_shape()) if score_weight in keys else None
     except (SafetensorError, OSError) as err:
         problems.append(f"{SCORE_FILE} cannot be read ({err})")
         return
 
-    if keys != [SCORE_WEIGHT]:
-        problems.append(f"{SCORE_FILE} must hold exactly {SCORE_WEIGHT}, holds {keys}")
+    if keys != [score_weight]:
+        problems.append(f"{SCORE_FILE} must hold exactly {score_weight}, holds {keys}")
     elif shape != (head["num_classes"], head["hidden_size"]):
-        problems.append(f"{SCORE_WEIGHT} has shape {shape}, the head is {(head['num_classes'], head['hidden_size'])}")
+        problems.append(f"{score_weight} has shape {shape}, the head is {(head['num_classes'], head['hidden_size'])}")
 
 
 def _check_chat_template(directory: str, problems: list[str]) -> None:
@@ -148,25 +144,28 @@ def _check_chat_template(directory: str, problems: list[str]) -> None:
 def check_vllm_export(directory: str) -> list[str]:
     r"""Every way ``directory`` differs from a classifier vLLM serves as IVCP does; empty when it is one."""
     head = load_head_config(directory)
-    if head is None or head.get(SCORE_WEIGHT_KEY) != SCORE_WEIGHT:
+    if head is None or SCORE_WEIGHT_KEY not in head:
         return [f"{HEAD_CONFIG_NAME} does not describe a vLLM export (export a linear head without bias)"]
 
     problems: list[str] = []
-    config = _read_json(os.path.join(directory, "config.json"), problems)
-    if config is not None:
-        model_type = config.get("model_type")
-        refusal = vllm_refusal(model_type, head)
-        if refusal:
-            problems.append(refusal)
-        elif config.get("architectures") != [VLLM_ARCHITECTURES[model_type]]:
-            problems.append(
-                f"config.json architectures {config.get('architectures')} must be "
-                f"[{VLLM_ARCHITECTURES[model_type]!r}] for vLLM to build a classifier"
-            )
+    config = _read_json(os.path.join(directory, "config.json"), problems) or {}
+    refusal = vllm_refusal(config.get("model_type"), head)
+    if refusal:
+        return [*problems, refusal]
 
-        _check_labels("config.json", config, head, problems)
-        _check_labels("config.json text_config", config.get("text_config") or {}, head, problems)
+    architecture, score_weight = VLLM_FAMILIES[config["model_type"]]
+    if config.get("architectures") != [architecture]:
+        problems.append(
+            f"config.json architectures {config.get('architectures')} must be [{architecture!r}] for vLLM to build "
+            "a classifier"
+        )
+    if head[SCORE_WEIGHT_KEY] != score_weight:
+        problems.append(
+            f"{HEAD_CONFIG_NAME} names {head[SCORE_WEIGHT_KEY]!r}, vLLM loads the head as {score_weight!r}"
+        )
 
-    _check_weights(directory, head, problems)
+    _check_labels("config.json", config, head, problems)
+    _check_labels("config.json text_config", config.get("text_config") or {}, head, problems)
+    _check_weights(directory, head, score_weight, problems)
     _check_chat_template(directory, problems)
     return problems

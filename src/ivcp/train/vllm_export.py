@@ -1,7 +1,7 @@
 """Turn LLaMA-Factory's export of an action classifier into the folder stock vLLM serves (:mod:`..model.vllm_layout`).
 
-The merged model LLaMA-Factory wrote stays as it is; this adds the head as ``language_model.score.weight`` (its own
-``score.safetensors``, listed in the weight index), the label space and the ``*ForSequenceClassification``
+The merged model LLaMA-Factory wrote stays as it is; this adds the head under the name vLLM's loader gives the
+family's ``score`` (in its own ``score.safetensors``, listed in the weight index), the label space and the ``*ForSequenceClassification``
 architecture in config.json, a chat template whose prompt ends at ``<ACTION>``, and the training run's video sizing
 in the processor config. ``ActionClassifier`` loads the same folder: the head config names the score tensor.
 """
@@ -18,8 +18,7 @@ from ..model.vllm_layout import (
     CHAT_TEMPLATE_FILE,
     INDEX_FILE,
     SCORE_FILE,
-    SCORE_WEIGHT,
-    VLLM_ARCHITECTURES,
+    VLLM_FAMILIES,
     check_vllm_export,
     label_fields,
     vllm_refusal,
@@ -109,9 +108,9 @@ def _write_processor_settings(export_dir: str, preprocessing: dict[str, Any]) ->
             _write_json(path, config)
 
 
-def _write_score(export_dir: str, model: "ActionClassificationModel") -> None:
+def _write_score(export_dir: str, model: "ActionClassificationModel", score_weight: str) -> None:
     weight = model.action_decoder.net.weight.detach().float().cpu().contiguous()
-    save_file({SCORE_WEIGHT: weight}, os.path.join(export_dir, SCORE_FILE), metadata={"format": "pt"})
+    save_file({score_weight: weight}, os.path.join(export_dir, SCORE_FILE), metadata={"format": "pt"})
     index_path = os.path.join(export_dir, INDEX_FILE)
     if os.path.isfile(index_path):
         index = _read_json(index_path)
@@ -121,7 +120,7 @@ def _write_score(export_dir: str, model: "ActionClassificationModel") -> None:
         with safe_open(os.path.join(export_dir, "model.safetensors"), "pt") as f:
             index = {"metadata": {}, "weight_map": dict.fromkeys(f.keys(), "model.safetensors")}
 
-    index["weight_map"][SCORE_WEIGHT] = SCORE_FILE
+    index["weight_map"][score_weight] = SCORE_FILE
     files = set(index["weight_map"].values())
     index.setdefault("metadata", {})["total_size"] = sum(os.path.getsize(os.path.join(export_dir, f)) for f in files)
     _write_json(index_path, index)
@@ -148,13 +147,14 @@ def write_vllm_export(
     with open(os.path.join(export_dir, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
         f.write(chat_template(prompt_prefix(tokenizer, preprocessing["template"])))
     _write_processor_settings(export_dir, preprocessing)
-    _write_score(export_dir, model)
+    architecture, score_weight = VLLM_FAMILIES[config["model_type"]]
+    _write_score(export_dir, model, score_weight)
     labels = label_fields(class_names(model.action_decoder.num_classes, model.label_names), model.problem_type)
-    config.update(architectures=[VLLM_ARCHITECTURES[config["model_type"]]], **labels)
+    config.update(architectures=[architecture], **labels)
     if isinstance(config.get("text_config"), dict):
         config["text_config"].update(labels)
     _write_json(config_path, config)
-    save_head_config(export_dir, {**head_config, SCORE_WEIGHT_KEY: SCORE_WEIGHT})
+    save_head_config(export_dir, {**head_config, SCORE_WEIGHT_KEY: score_weight})
     problems = check_vllm_export(export_dir)
     if problems:
         raise RuntimeError(f"The vLLM export in {export_dir} is not servable: " + "; ".join(problems))
