@@ -10,7 +10,7 @@ does not find is initialised at random without a word, so :func:`check_vllm_expo
 
 import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from safetensors import SafetensorError, safe_open
 
@@ -18,16 +18,32 @@ from .action_decoder import ACTION_TOKEN, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, S
 from .multi_label import MULTI_LABEL, SINGLE_LABEL
 
 
-# config.json model_type -> (the class vLLM 0.32 converts from its *ForConditionalGeneration, the name its loader
-# gives the head). Qwen2(.5)-VL's language model is converted itself and owns `score`; Qwen3-VL's is not, so the
-# VLM gets `score` at the top level. A name vLLM does not place stops its loader; none at all leaves `score` random.
+class VllmFamily(NamedTuple):
+    r"""How vLLM 0.32 serves one family as a classifier."""
+
+    architecture: str  # what vLLM converts from the family's *ForConditionalGeneration
+    score_weight: str  # the name its loader gives the head (a name it cannot place stops it; none leaves it random)
+    video_placeholder: str  # what the chat template writes for a video, which vLLM's processor expands
+
+
+# Qwen2(.5)-VL's language model is converted itself and owns `score`; Qwen3-VL's is not, so the VLM gets `score` at
+# the top level. Qwen3-VL expands <|video_pad|> into timestamped frames, each in its own vision_start/end, as
+# LLaMA-Factory's template does (no outer pair).
 VLLM_FAMILIES = {
-    "qwen2_vl": ("Qwen2VLForSequenceClassification", "language_model.score.weight"),
-    "qwen2_5_vl": ("Qwen2_5_VLForSequenceClassification", "language_model.score.weight"),
-    "qwen3_vl": ("Qwen3VLForSequenceClassification", "score.weight"),
+    "qwen2_vl": VllmFamily(
+        "Qwen2VLForSequenceClassification",
+        "language_model.score.weight",
+        "<|vision_start|><|video_pad|><|vision_end|>",
+    ),
+    "qwen2_5_vl": VllmFamily(
+        "Qwen2_5_VLForSequenceClassification",
+        "language_model.score.weight",
+        "<|vision_start|><|video_pad|><|vision_end|>",
+    ),
+    "qwen3_vl": VllmFamily("Qwen3VLForSequenceClassification", "score.weight", "<|video_pad|>"),
 }
-SCORE_FILE = "score.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+SCORE_FILE = "score.safetensors"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 HF_PROBLEM_TYPES = {SINGLE_LABEL: "single_label_classification", MULTI_LABEL: "multi_label_classification"}
 VLLM_HEAD_HINT = "train with `action_decoder_type: linear` and `action_decoder_bias: false` to serve it with vLLM"
@@ -144,16 +160,16 @@ def _check_chat_template(directory: str, problems: list[str]) -> None:
 def check_vllm_export(directory: str) -> list[str]:
     r"""Every way ``directory`` differs from a classifier vLLM serves as IVCP does; empty when it is one."""
     head = load_head_config(directory)
-    if head is None or SCORE_WEIGHT_KEY not in head:
-        return [f"{HEAD_CONFIG_NAME} does not describe a vLLM export (export a linear head without bias)"]
+    if head is None:
+        return [f"no {HEAD_CONFIG_NAME}: not an export of an action classifier"]
 
     problems: list[str] = []
     config = _read_json(os.path.join(directory, "config.json"), problems) or {}
     refusal = vllm_refusal(config.get("model_type"), head)
-    if refusal:
-        return [*problems, refusal]
+    if refusal or SCORE_WEIGHT_KEY not in head:
+        return [*problems, refusal or "exported in IVCP's own layout: export it again with this IVCP"]
 
-    architecture, score_weight = VLLM_FAMILIES[config["model_type"]]
+    architecture, score_weight, _ = VLLM_FAMILIES[config["model_type"]]
     if config.get("architectures") != [architecture]:
         problems.append(
             f"config.json architectures {config.get('architectures')} must be [{architecture!r}] for vLLM to build "

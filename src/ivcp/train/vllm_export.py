@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from ..model import ActionClassificationModel
 
 
-VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"  # what vLLM's Qwen processors expand
 _SENTINEL = "\x00IVCP_USER_TURN\x00"
 
 
@@ -59,7 +58,7 @@ def prompt_prefix(tokenizer: "PreTrainedTokenizer", template_name: str) -> str:
     return tokenizer.decode(prompt_ids, skip_special_tokens=False).split(_SENTINEL)[0]
 
 
-def chat_template(prefix: str) -> str:
+def chat_template(prefix: str, video_placeholder: str) -> str:
     r"""One user turn of videos and text, rendered as in training and ended at the last ``<ACTION>``.
 
     vLLM's LAST pooling then reads the ``<ACTION>`` state IVCP's head was trained on; any other turn or content is
@@ -71,7 +70,7 @@ def chat_template(prefix: str) -> str:
         + fail % "An IVCP classifier takes one user message: a video and a prompt ending with <ACTION>."
         + "{%- endif -%}{%- set content = messages[0]['content'] -%}{%- set ns = namespace(text='') -%}"
         "{%- if content is string -%}{%- set ns.text = content -%}{%- else -%}{%- for part in content -%}"
-        "{%- if part['type'] in ['video', 'video_url'] -%}{%- set ns.text = ns.text ~ '" + VIDEO_PLACEHOLDER + "' -%}"
+        "{%- if part['type'] in ['video', 'video_url'] -%}{%- set ns.text = ns.text ~ '" + video_placeholder + "' -%}"
         "{%- elif part['type'] == 'text' -%}{%- set ns.text = ns.text ~ part['text'] -%}{%- else -%}"
         + fail
         % "An IVCP video classifier takes video and text parts only."
@@ -144,10 +143,10 @@ def write_vllm_export(
     if reason is not None:
         return reason
 
+    architecture, score_weight, video_placeholder = VLLM_FAMILIES[config["model_type"]]
     with open(os.path.join(export_dir, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
-        f.write(chat_template(prompt_prefix(tokenizer, preprocessing["template"])))
+        f.write(chat_template(prompt_prefix(tokenizer, preprocessing["template"]), video_placeholder))
     _write_processor_settings(export_dir, preprocessing)
-    architecture, score_weight = VLLM_FAMILIES[config["model_type"]]
     _write_score(export_dir, model, score_weight)
     labels = label_fields(class_names(model.action_decoder.num_classes, model.label_names), model.problem_type)
     config.update(architectures=[architecture], **labels)
