@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -25,6 +24,7 @@ from llamafactory.train.tuner import export_model, run_exp
 from safetensors.torch import load_file, save_file
 
 from ivcp import DEFAULT_PROMPT
+from ivcp.cli import main
 from ivcp.demo.families import FAMILIES, QWEN2_FAMILIES, build_tiny_family
 from ivcp.demo.motion_videos import DIRECTIONS, make_motion_dataset
 from ivcp.demo.object_videos import COLOURS, PROMPT, make_object_dataset
@@ -153,7 +153,6 @@ def vllm_classified(exports, tmp_path_factory) -> dict[str, dict]:
         run["dir"]: {"clips": run["clips"], "text": run["prompt"].replace("<video>", "")} for run in exports.values()
     }
     (work_dir / "job.json").write_text(json.dumps(job))
-    started = time.monotonic()
     result = subprocess.run(
         [
             os.path.join(VLLM_VENV, "bin", "python"),
@@ -171,7 +170,6 @@ def vllm_classified(exports, tmp_path_factory) -> dict[str, dict]:
     )
     if result.returncode != 0:
         raise AssertionError(f"vLLM failed:\n{result.stdout[-3000:]}\n{result.stderr[-8000:]}")
-    print(f"LLM.classify of {len(job)} exports: {time.monotonic() - started:.0f} s", file=sys.stderr)
     out = read_json(work_dir / "out.json")
     return {name: out[run["dir"]] for name, run in exports.items()}
 
@@ -250,25 +248,22 @@ def test_vllm_serve_classifies_video_urls_by_name(exports, tmp_path):
         server.wait(timeout=60)
 
 
-def _check_export_cli(directory: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ivcp.cli", "check-export", directory],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _check_export(directory: str, capsys) -> tuple[int, str]:
+    r"""``ivcp check-export DIR``: its exit code and what it printed to stderr."""
+    with pytest.raises(SystemExit) as exited:
+        main(["check-export", directory])
+    return exited.value.code, capsys.readouterr().err
 
 
-def test_a_tampered_export_fails_loudly(exports, tmp_path):
+def test_a_tampered_export_fails_loudly(exports, tmp_path, capsys):
     source = exports["qwen2_vl_lora"]["dir"]
-    assert _check_export_cli(source).returncode == 0
+    assert _check_export(source, capsys) == (0, "")
 
     renamed = shutil.copytree(source, tmp_path / "renamed")
     (score_weight,) = load_file(str(renamed / SCORE_FILE)).values()
     save_file({"score.weight": score_weight}, str(renamed / SCORE_FILE))  # Qwen2-VL in vLLM: a random score, silently
-    checked = _check_export_cli(str(renamed))
-    assert checked.returncode == 1 and "must hold exactly language_model.score.weight" in checked.stderr
+    code, errors = _check_export(str(renamed), capsys)
+    assert code == 1 and "must hold exactly language_model.score.weight" in errors
     with pytest.raises(ValueError, match="holds no tensor 'language_model.score.weight'"):
         ActionClassifier.from_pretrained(str(renamed), device="cpu")
 
@@ -276,6 +271,7 @@ def test_a_tampered_export_fails_loudly(exports, tmp_path):
     config = read_json(unnamed / "config.json")
     del config["id2label"], config["text_config"]["id2label"]
     (unnamed / "config.json").write_text(json.dumps(config))
-    checked = _check_export_cli(str(unnamed))
-    assert checked.returncode == 1 and "config.json needs `id2label`" in checked.stderr
-    assert "config.json text_config needs `id2label`" in checked.stderr
+    code, errors = _check_export(str(unnamed), capsys)
+    assert (
+        code == 1 and "config.json needs `id2label`" in errors and "config.json text_config needs `id2label`" in errors
+    )
