@@ -166,7 +166,7 @@ def load(
             return latency, False
         data = json.loads(answer)["data"][0]
         want = expected[video]
-        probabilities = {entry["class"]: entry["probability"] for entry in want["top_k"]}
+        probabilities = {entry["class"]: entry["probability"] for entry in want["classes"]}
         same = data["label"] == want["name"] and all(
             abs(p - probabilities[c]) < 1e-4 for c, p in enumerate(data["probs"])
         )

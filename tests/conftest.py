@@ -173,6 +173,17 @@ def write_broken_videos(motion_data: str, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def write_late_damaged_video(good: str | Path, path: Path) -> Path:
+    r"""``good`` with the second half of its frame data zeroed: it plans (the demuxer reads it whole), its first frames
+    decode, the later ones do not."""
+    data = bytearray(Path(good).read_bytes())
+    mdat = data.index(b"mdat")
+    end = mdat - 4 + int.from_bytes(data[mdat - 4 : mdat], "big")
+    start = (mdat + 4 + end) // 2
+    path.write_bytes(bytes(data[:start]) + bytes(end - start) + bytes(data[end:]))
+    return path
+
+
 def motion_data_with(motion_data: str, data_dir: Path, name: str, examples: list[dict]) -> Path:
     r"""A copy of the motion data in ``data_dir`` with ``examples`` registered as dataset ``name``."""
     shutil.copytree(motion_data, data_dir, dirs_exist_ok=True)

@@ -141,7 +141,7 @@ def test_missing_action_decoder_path_is_rejected(tiny_model, motion_data, tmp_pa
 def test_a_copied_action_processor_keeps_its_own_settings(tiny_model):
     from transformers import AutoProcessor
 
-    from ivcp.integration import action_processor
+    from ivcp.model.video_processor import action_processor
 
     original = action_processor(AutoProcessor.from_pretrained(tiny_model))
     original.video_fps = 2.0

@@ -97,3 +97,20 @@ def test_a_training_yaml_with_thousands_of_examples_passes(tiny_model, motion_da
     assert "2,000 examples: big 2,000" in out
     assert "No problems: every example can be trained on." in out
     assert "0 over cutoff_len=1,024" in out
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line_naming_the_setting(motion_data, tmp_path, capsys):
+    config = tmp_path / "hub_model.yaml"  # a Hub id that is neither cached nor a folder (offline, or no such repo)
+    config.write_text(
+        f"model_name_or_path: ivcp-tests/no-such-model\ntemplate: qwen2_vl\ndataset_dir: {motion_data}\n"
+    )
+    code, out, err = _check(capsys, str(config), "--dataset", "motion_train")
+    assert code == 2 and not out
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("ivcp check-data: Cannot load the tokenizer and processor of ")
+    assert "model_name_or_path='ivcp-tests/no-such-model'" in err and "`--model`" in err
+
+    video = next(Path(motion_data).glob("**/*.mp4"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show-frames", str(video), str(config)])
+    assert str(exit_info.value.code).startswith("ivcp show-frames: Cannot load the tokenizer and processor of ")

@@ -3,7 +3,7 @@
 import av
 import pytest
 
-from ivcp.data import video_reader, videos
+from ivcp.data import videos
 
 from .conftest import base_config, load_action_data
 
@@ -15,8 +15,7 @@ def video_opens(monkeypatch) -> list[str]:
     The reader's per-process memory of planned and checked files is emptied first: an earlier test in this worker
     may have read the same clips, and only the dataset cache is under test here.
     """
-    video_reader._plan.cache_clear()
-    videos._decode_samples.cache_clear()
+    videos.clear_read_caches()
     opened, original = [], av.open
 
     def counting_open(file, *args, **kwargs):

@@ -38,7 +38,7 @@ def _load(tiny_model: str, motion_data: str, tmp_path: Path, examples: list[dict
     return dataset, tokenizer_module["tokenizer"]
 
 
-def _assert_rejected(tiny_model, motion_data, tmp_path, bad: dict, *fragments: str, **overrides) -> None:
+def _assert_rejected(tiny_model, motion_data, tmp_path, bad: dict, *fragments: str, **overrides) -> str:
     with pytest.raises(ActionDataError) as err:
         _load(tiny_model, motion_data, tmp_path, [_example(), bad], **overrides)
 
@@ -47,6 +47,7 @@ def _assert_rejected(tiny_model, motion_data, tmp_path, bad: dict, *fragments: s
     assert "example 0 " not in message, message
     for fragment in fragments:
         assert fragment in message, message
+    return message
 
 
 def test_good_examples_are_cut_right_after_action(tiny_model, motion_data, tmp_path):
@@ -120,9 +121,11 @@ def test_too_long_example_is_rejected_not_truncated(tiny_model, motion_data, tmp
 
 
 def test_missing_video_is_rejected(tiny_model, motion_data, tmp_path):
-    _assert_rejected(
+    message = _assert_rejected(
         tiny_model, motion_data, tmp_path, _example(video="videos/does_not_exist.mp4"), "does_not_exist.mp4"
     )
+    assert message.count("does_not_exist.mp4") == 1, message  # named once, with the option that moves it
+    assert "`media_dir` (now '" in message, message
 
 
 def test_split_special_tokens_is_rejected(tiny_model, motion_data, tmp_path):
@@ -150,19 +153,20 @@ def test_unknown_label_name_is_rejected(tiny_model, motion_data, tmp_path):
 @pytest.mark.parametrize(
     "case, fragment",
     [
-        ("empty", "PyAV cannot read"),
-        ("not-a-video", "PyAV cannot read"),
-        ("truncated", "PyAV cannot read"),
-        ("no-decodable-frame", "PyAV cannot read"),
+        ("empty", "cannot be read by PyAV"),
+        ("not-a-video", "cannot be read by PyAV"),
+        ("truncated", "cannot be read by PyAV"),
+        ("no-decodable-frame", "cannot be read by PyAV"),
         ("audio-only", "holds no video stream"),
     ],
 )
 def test_unreadable_video_is_rejected_before_training(tiny_model, motion_data, tmp_path, case, fragment):
     # Qwen2-VL's plugin counts video tokens from the header alone: these files would pass it and crash the collator
     bad = write_broken_videos(motion_data, tmp_path / "bad")
-    _assert_rejected(
+    message = _assert_rejected(
         tiny_model, motion_data, tmp_path, _example(video=str(bad[case])), f"{case}.mp4", fragment, "re-encode it"
     )
+    assert message.count(f"{case}.mp4") == 1 and message.count("re-encode it") == 1, message  # each thing once
 
 
 def test_model_without_video_processor_is_rejected(tiny_model, motion_data, tmp_path):

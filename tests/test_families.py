@@ -85,7 +85,7 @@ def test_family_trains_saves_and_predicts(family, motion_data, tmp_path):
     probabilities = F.softmax(classifier.predict_logits(videos), dim=-1)
     for record, row in zip(records, probabilities):  # the reloaded model gives the run's own predictions
         assert int(row.argmax()) == record["predicted"] or row.max() - row[record["predicted"]] < 1e-4
-        for entry in record["top_k"]:
+        for entry in record["classes"]:
             assert row[entry["class"]].item() == pytest.approx(entry["probability"], abs=1e-4)
 
 

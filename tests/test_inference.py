@@ -9,7 +9,7 @@ from ivcp.data.context import ActionDataError, media_error
 from ivcp.inference import ActionClassifier
 from ivcp.model.action_model import last_token_positions
 
-from .conftest import base_config, run_cli, run_command, write_broken_videos
+from .conftest import base_config, run_cli, run_command, write_broken_videos, write_late_damaged_video
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,12 @@ def test_api_predictions_equal_the_trainers(tiny_model, trained):
     assert len(results) == len(records)
     for result, record in zip(results, records):
         assert result["video"] == record["videos"][0] and result["predicted"] == record["predicted"]
-        for ours, theirs in zip(result["top_k"], record["top_k"]):
+        for ours, theirs in zip(result["classes"], record["classes"]):
             assert ours["class"] == theirs["class"]
             assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
 
     single = classifier.predict(videos[0], top_k=2)
-    assert single["predicted"] == results[0]["predicted"] and len(single["top_k"]) == 2
+    assert single["predicted"] == results[0]["predicted"] and len(single["classes"]) == 2
     assert single["name"] == str(single["predicted"])  # no label names in this run: ids as names
 
 
@@ -103,7 +103,7 @@ def test_classify_command_writes_jsonl(tiny_model, trained, motion_data, tmp_pat
     assert "not-a-video.mp4" in lines[2]["error"] and lines[2]["error_kind"] == "video unreadable"
     del lines[2]
     assert [line["predicted"] for line in lines] == [record["predicted"] for record in records[:3]]
-    assert all(len(line["top_k"]) == 3 for line in lines)
+    assert all(len(line["classes"]) == 3 for line in lines)
 
 
 def test_export_is_self_contained(tiny_model, trained, tmp_path):
@@ -145,11 +145,12 @@ def test_one_bad_file_costs_only_its_own_result(tiny_model, trained, motion_data
     classified = [result for result in results if "error" not in result]
     for result, expected in zip(classified, classifier.predict(good, top_k=2), strict=True):
         assert result["video"] == expected["video"] and result["predicted"] == expected["predicted"]
-        assert result["top_k"][0]["probability"] == pytest.approx(expected["top_k"][0]["probability"], abs=1e-5)
+        assert result["classes"][0]["probability"] == pytest.approx(expected["classes"][0]["probability"], abs=1e-5)
     failed = {result["video"]: result for result in results if "error" in result}
     assert set(failed) == {*map(str, broken.values()), str(tmp_path / "missing.mp4")}
     for video, result in failed.items():
-        assert video in result["error"]
+        assert result["error"].count(video) == 1, result  # the file named once, as given: no "video x has 'x'"
+        assert "media_dir" not in result["error"], result  # inference has no such option to change
         assert result["error_kind"] == ("video missing" if "missing" in video else "video unreadable"), result
     assert "no video stream" in failed[str(broken["audio-only"])]["error"]  # a cause, not an empty message
     with pytest.raises(ActionDataError, match="empty.mp4"):
@@ -157,6 +158,34 @@ def test_one_bad_file_costs_only_its_own_result(tiny_model, trained, motion_data
 
 
 def test_a_processing_failure_keeps_its_kind():
-    err = media_error(RuntimeError("bad config"), "video a.mp4", "a.mp4")
-    assert err.kind == "processing failed" and "RuntimeError: bad config" in str(err)
-    assert media_error(FileNotFoundError(2, "No such file"), "video a.mp4", "a.mp4").kind == "video unreadable"
+    err = media_error(RuntimeError("bad config"), None, "a.mp4")
+    assert (
+        err.kind == "processing failed"
+        and str(err) == "video 'a.mp4' could not be processed: RuntimeError: bad config"
+    )
+    unreadable = media_error(FileNotFoundError(2, "No such file"), "example 3 of x.json", "a.mp4")
+    assert unreadable.kind == "video unreadable" and str(unreadable).startswith("example 3 of x.json: video 'a.mp4' ")
+
+
+def test_non_finite_logits_are_each_videos_error(tiny_model, trained):
+    output_dir, records = trained
+    classifier = ActionClassifier.from_pretrained(tiny_model, adapter=str(output_dir))
+    with torch.no_grad():  # an fp16 overflow, as a GPU may produce it
+        classifier.model.action_decoder.net.bias[0] = float("nan")
+    results = classifier.predict([record["videos"][0] for record in records[:2]], top_k=2)
+    assert [result["error_kind"] for result in results] == ["non_finite", "non_finite"]
+    assert "NaN" in results[0]["error"] and "classes" not in results[0]
+    json.dumps(results, allow_nan=False)  # no literal NaN reaches JSON
+
+
+def test_a_video_that_fails_only_when_decoded_is_its_own_error(tiny_model, trained, tmp_path):
+    r"""It plans, so the batch is formed; decoding fails in the collator, and the full check names the file."""
+    output_dir, records = trained
+    good = records[0]["videos"][0]
+    damaged = str(write_late_damaged_video(good, tmp_path / "late.mp4"))
+    classifier = ActionClassifier.from_pretrained(tiny_model, adapter=str(output_dir))
+    assert isinstance(classifier.encode(damaged), dict)  # planning alone does not see the damage
+    results = classifier.predict([good, damaged], top_k=2)
+    assert results[0]["predicted"] == records[0]["predicted"]
+    assert results[1]["video"] == damaged and damaged in results[1]["error"]
+    assert results[1]["error_kind"] == "video unreadable" and "cannot be read by PyAV" in results[1]["error"]

@@ -12,8 +12,10 @@ from ivcp.cli import main
 from ivcp.data import ActionDataError
 from ivcp.demo.object_videos import COLOURS, PROMPT, make_object_dataset
 from ivcp.inference import ActionClassifier
-from ivcp.model.action_decoder import load_head_config
-from ivcp.model.multi_label import balanced_pos_weight, decode_multi_label, multi_hot, multi_label_loss
+from ivcp.model.decoding import decode
+from ivcp.model.head_config import load_head_config
+from ivcp.model.loss import ActionLoss, ActionLossConfig
+from ivcp.model.multi_label import balanced_pos_weight, multi_hot
 from ivcp.train.action_cls.metric import multi_label_metrics
 
 from .conftest import base_config, read_json, run_cli
@@ -47,9 +49,10 @@ def test_loss_targets_decoding_and_balanced_positive_weights():
     logits, targets = torch.tensor([[2.0, -1.0], [0.5, 0.0]]), torch.tensor([[1, 0], [0, 1]])
     p = torch.sigmoid(logits)
     by_hand = -(torch.log(p[0, 0]) + torch.log(1 - p[0, 1]) + torch.log(1 - p[1, 0]) + torch.log(p[1, 1])) / 4
-    assert multi_label_loss(logits, targets).item() == pytest.approx(by_hand.item())
+    assert ActionLoss(problem_type="multi_label")(logits, targets).item() == pytest.approx(by_hand.item())
     weighted = -(3 * torch.log(p[0, 0]) + torch.log(1 - p[0, 1]) + torch.log(1 - p[1, 0]) + torch.log(p[1, 1])) / 4
-    assert multi_label_loss(logits, targets, torch.tensor([3.0, 1.0])).item() == pytest.approx(weighted.item())
+    positive_weights = ActionLoss(ActionLossConfig(class_weights=[3.0, 1.0]), "multi_label")
+    assert positive_weights(logits, targets).item() == pytest.approx(weighted.item())
 
     train = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]])
     # negatives / positives: 1/3, 3/1; the class without a positive keeps 1
@@ -57,9 +60,10 @@ def test_loss_targets_decoding_and_balanced_positive_weights():
     sklearn_weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=train[:, 1])
     assert balanced_pos_weight(train)[1] == pytest.approx(sklearn_weights[1] / sklearn_weights[0])
 
-    rows = decode_multi_label(torch.tensor([[0.0, 3.0, 1.0], [-2.0, -1.0, -3.0]]), 0.5, ["a", "b", "c"])
-    assert [entry["name"] for entry in rows[0]] == ["b", "c", "a"] and rows[1] == []  # p(0.0) = 0.5 is kept
-    assert rows[0][0]["probability"] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+    rows = decode(torch.tensor([[0.0, 3.0, 1.0], [-2.0, -1.0, -3.0]]), "multi_label", 0.5, ["a", "b", "c"])
+    assert rows[0]["names"] == ["b", "c", "a"] and rows[0]["predicted"] == [1, 2, 0]  # p(0.0) = 0.5 is kept
+    assert rows[1] == {"predicted": [], "names": [], "classes": []}
+    assert rows[0]["classes"][0]["probability"] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
 
 
 def test_multi_label_examples_load_as_multi_hot_targets(tiny_model, motion_data, tmp_path):
@@ -178,7 +182,7 @@ def test_predictions_list_the_classes_above_the_threshold(objects_run):
         assert record["predicted"] == [entry["class"] for entry in record["classes"]]
         assert all(p >= 0.4 for p in probabilities) and probabilities == sorted(probabilities, reverse=True)
         assert record["label_names"] == [list(COLOURS)[c] for c in record["label"]]
-        assert record["predicted_names"] == [entry["name"] for entry in record["classes"]]
+        assert record["names"] == [entry["name"] for entry in record["classes"]]
 
     assert (output_dir / "average_precision.png").stat().st_size > 0
     assert not (output_dir / "confusion_matrix.png").exists()
@@ -197,7 +201,7 @@ def test_classifier_equals_the_trainer_and_keeps_the_heads_rule(tiny_model, obje
     classifier = ActionClassifier.from_pretrained(str(output_dir))  # full fine-tuning: the folder is the model
     results = classifier.predict(videos, prompt=PROMPT, batch_size=5)  # the data's prompt, other batching
     for result, record in zip(results, records):
-        assert result["predicted"] == record["predicted"] and result["names"] == record["predicted_names"]
+        assert result["predicted"] == record["predicted"] and result["names"] == record["names"]
         for ours, theirs in zip(result["classes"], record["classes"]):
             assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
 
@@ -208,7 +212,7 @@ def test_classifier_equals_the_trainer_and_keeps_the_heads_rule(tiny_model, obje
         )
     assert exit_info.value.code == 0
     line = json.loads((tmp_path / "p.jsonl").read_text())
-    assert line["predicted"] == records[1]["predicted"] and "top_k" not in line
+    assert line["predicted"] == records[1]["predicted"] and "name" not in line
 
     strict = ActionClassifier.from_pretrained(str(output_dir), action_threshold=0.9).predict(videos[:8], prompt=PROMPT)
     for result, record in zip(strict, records):

@@ -336,3 +336,32 @@ def test_hidden_layer_head_trains_and_its_objective_round_trips(train_grouped, g
         torch.testing.assert_close(
             classifier.predict_logits([video], prompt), model(**batch).logits, atol=1e-4, rtol=1e-4
         )
+
+
+def test_liger_patching_cross_entropy_does_not_replace_the_loss(monkeypatch):
+    r"""LLaMA-Factory's ``enable_liger_kernel`` sets ``torch.nn.functional.cross_entropy`` to Liger's kernel, which
+    writes the gradient into its input in place; the loss binds torch's own at import, so nothing changes."""
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    loss_fn = ActionLoss(ActionLossConfig(class_weights=[1.0, 2.0, 0.5, 1.0], label_smoothing=0.1))
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = logits.clone().requires_grad_(True)
+        loss = loss_fn(leaf, labels)
+        loss.backward()
+        return loss.detach(), leaf.grad
+
+    expected_loss, expected_grad = run()
+    calls = []
+
+    def liger_like(input, target, *args, **kwargs):  # in place, weight ignored: as older Liger versions
+        calls.append(1)
+        with torch.no_grad():
+            input.mul_(0.0)
+        return torch.nn.functional.nll_loss(input.log_softmax(-1), target)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", liger_like)
+    loss, grad = run()
+    assert not calls
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(grad, expected_grad)

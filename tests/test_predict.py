@@ -36,15 +36,10 @@ def test_label_names_metrics_and_predictions(tiny_model, motion_data, tmp_path):
     for index, (record, example) in enumerate(zip(records, test_examples)):
         assert record["index"] == index and record["label"] == example["action_label"]
         assert record["videos"][0].endswith(example["videos"][0])
-        assert (
-            record["label_name"] == NAMES[record["label"]] and record["predicted_name"] == NAMES[record["predicted"]]
-        )
-        probabilities = [entry["probability"] for entry in record["top_k"]]
-        assert len(record["top_k"]) == 4 and probabilities == sorted(probabilities, reverse=True)
-        assert (
-            record["top_k"][0]["class"] == record["predicted"]
-            and record["top_k"][0]["name"] == record["predicted_name"]
-        )
+        assert record["label_name"] == NAMES[record["label"]] and record["name"] == NAMES[record["predicted"]]
+        probabilities = [entry["probability"] for entry in record["classes"]]
+        assert len(record["classes"]) == 4 and probabilities == sorted(probabilities, reverse=True)
+        assert record["classes"][0]["class"] == record["predicted"] and record["classes"][0]["name"] == record["name"]
         assert abs(sum(probabilities) - 1) < 1e-4  # 4 classes: the top-4 is every class
 
     metrics = read_json(predict_dir / "predict_results.json")

@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -6,8 +7,8 @@ import sysconfig
 import pytest
 
 import ivcp
-from ivcp import integration
-from ivcp.integration import flags_to_dotlist
+from ivcp import stage_patches
+from ivcp.hparams.flags import flags_to_dotlist
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,17 +65,16 @@ def test_register_is_idempotent():
 
     ivcp.register()
     first = tuner._training_function
-    integration._registered = False  # force the patching code to run again
-    ivcp.register()
+    ivcp.register(force=True)  # the patching code runs again
     assert tuner._training_function is first
     assert first.__ivcp_original__.__module__ == "llamafactory.train.tuner"
     assert sum(cls.__name__ == "ActionFinetuningArguments" for cls in parser._TRAIN_ARGS) == 1
 
 
 def test_self_check_names_missing_upstream_names(monkeypatch):
-    monkeypatch.setitem(integration.REQUIRED_NAMES, "llamafactory.data.loader", ["no_such_function"])
+    monkeypatch.setitem(stage_patches.REQUIRED_NAMES, "llamafactory.data.loader", ["no_such_function"])
     with pytest.raises(RuntimeError, match=r"llamafactory==0\.9\.5.*llamafactory\.data\.loader\.no_such_function"):
-        integration.self_check()
+        stage_patches.self_check()
 
 
 @pytest.mark.parametrize(
@@ -106,3 +106,61 @@ def test_train_script_moves_yaml_first_and_drops_local_rank(monkeypatch):
     assert normalize_argv(["train.py", "--local_rank", "0", "x.yml"]) == ["train.py", "x.yml"]
     flags = ["train.py", "--local_rank=0", "--deepspeed", "ds_z3_config.json", "--stage", "action_cls"]
     assert normalize_argv(flags) == flags  # flags alone: --local_rank is a TrainingArguments field
+
+
+@pytest.mark.parametrize("under_ray", [False, True])
+def test_action_runs_go_through_upstreams_training_function(tiny_model, motion_data, tmp_path, monkeypatch, under_ray):
+    r"""Upstream builds the callbacks and keeps its Ray early return and its process-group teardown."""
+    from types import SimpleNamespace
+
+    from llamafactory.train import tuner
+    from llamafactory.train.callbacks import LogCallback, ReporterCallback
+
+    from ivcp.train import tuner as action_tuner
+
+    from .conftest import base_config
+
+    ivcp.register()
+    runs, destroyed = [], []
+    monkeypatch.setattr(action_tuner, "run_action_cls", lambda *args: runs.append(args))
+    monkeypatch.setattr(
+        tuner, "dist", SimpleNamespace(is_initialized=lambda: True, destroy_process_group=lambda: destroyed.append(1))
+    )
+    monkeypatch.setattr(tuner, "is_ray_available", lambda: under_ray)
+    monkeypatch.setattr(tuner, "ray", SimpleNamespace(is_initialized=lambda: True), raising=False)
+    tuner._training_function({"args": base_config(tiny_model, motion_data, str(tmp_path / "out")), "callbacks": []})
+
+    ((_, _, _, finetuning_args, callbacks),) = runs
+    assert finetuning_args.stage == "action_cls"
+    assert isinstance(callbacks[0], LogCallback) and isinstance(callbacks[-1], ReporterCallback)
+    assert destroyed == ([] if under_ray else [1])
+    assert tuner.run_rm.__module__ == "llamafactory.train.rm.workflow"  # swapped for the call only
+
+
+def test_only_the_missing_optional_kernels_notice_of_bitsandbytes_is_dropped(caplog):
+    from ivcp.model.bnb_notice import BNB_CPU_LOGGER, quiet_optional_cpu_kernel_notice
+
+    quiet_optional_cpu_kernel_notice()
+    quiet_optional_cpu_kernel_notice()  # idempotent: one filter
+    bnb_logger = logging.getLogger(BNB_CPU_LOGGER)
+    assert len(bnb_logger.filters) == 1
+    notice = "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already ..."
+    with caplog.at_level(logging.WARNING, logger=BNB_CPU_LOGGER):
+        bnb_logger.warning(notice, ModuleNotFoundError("No module named 'kernels'", name="kernels"))
+        bnb_logger.warning(notice, RuntimeError("the Hub is down"))  # kernels installed but failing: shown
+        bnb_logger.warning("any other warning")
+    assert [record.getMessage()[-40:] for record in caplog.records] == [
+        (notice % RuntimeError("the Hub is down"))[-40:],
+        "any other warning",
+    ]
+
+
+def test_importing_bitsandbytes_in_ivcp_prints_no_notice():
+    # what PEFT does in every LoRA run; on a CPU without AVX512-BF16 bitsandbytes has nothing to say either way
+    code = "import logging; logging.basicConfig(); {}import bitsandbytes"
+    quiet = "from ivcp.model.bnb_notice import quiet_optional_cpu_kernel_notice as q; q(); "
+    for setup in ("", quiet):
+        result = subprocess.run([sys.executable, "-c", code.format(setup)], capture_output=True, text=True, check=True)
+        if not setup and "gemm_4bit_forward" not in result.stderr:
+            pytest.skip("bitsandbytes prints no kernel notice on this CPU")
+    assert "gemm_4bit_forward" not in result.stderr, result.stderr

@@ -29,7 +29,8 @@ from ivcp.demo.families import FAMILIES, QWEN2_FAMILIES, build_tiny_family
 from ivcp.demo.motion_videos import DIRECTIONS, make_motion_dataset
 from ivcp.demo.object_videos import COLOURS, PROMPT, make_object_dataset
 from ivcp.inference import ActionClassifier
-from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME, load_head_config, save_head_config
+from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME, save_head_config
+from ivcp.model.head_config import load_head_config
 from ivcp.model.vllm_layout import SCORE_FILE, check_vllm_export, vllm_refusal
 from ivcp.show_frames import _plugin, describe
 

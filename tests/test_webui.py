@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 import ivcp
-from ivcp import integration
+from ivcp import integration, stage_patches
 from ivcp.data.video_reader import plan_video
 from ivcp.demo.motion_videos import DIRECTIONS
-from ivcp.model.action_decoder import load_head_config
+from ivcp.model.head_config import load_head_config
 
 from .conftest import read_json, start_command
 
@@ -175,7 +175,7 @@ def _drive_board(page, url: str, work_dir: Path, tiny_model: str, motion_data: s
     page.get_by_role("button", name="Classify").click()
     top_class = page.get_by_text(re.compile(r"^Top class: ")).filter(visible=True)
     expect(top_class).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
-    assert top_class.inner_text().split(": ", 1)[1].split(" (")[0] == first["predicted_name"]
+    assert top_class.inner_text().split(": ", 1)[1].split(" (")[0] == first["name"]
     # the sampled frames: the training reader's choice at the head's saved settings, each captioned
     clip = str(Path(motion_data) / first["videos"][0])
     preprocessing = load_head_config(str(run_dir))["preprocessing"]
@@ -271,8 +271,19 @@ def test_register_webui_is_idempotent_and_self_checked(monkeypatch):
     ivcp.register_webui()
     assert list(TRAINING_STAGES.values()).count("action_cls") == 1
     for patched in (interface.create_train_tab, interface.create_eval_tab, runner.Runner._parse_eval_args):
-        assert not hasattr(getattr(patched, integration.PATCHED_MARK), integration.PATCHED_MARK)  # wrapped once
+        assert not hasattr(getattr(patched, stage_patches.PATCHED_MARK), stage_patches.PATCHED_MARK)  # wrapped once
 
     monkeypatch.setitem(integration.WEBUI_REQUIRED_NAMES, "llamafactory.webui.runner", ["Runner.no_such_method"])
     with pytest.raises(RuntimeError, match=r"llamafactory\.webui\.runner\.Runner\.no_such_method"):
-        integration.self_check(integration.WEBUI_REQUIRED_NAMES)
+        stage_patches.self_check(integration.WEBUI_REQUIRED_NAMES)
+
+
+def test_the_self_check_covers_the_layout_edit(monkeypatch):
+    from types import SimpleNamespace
+
+    from ivcp.webui import components
+
+    components.check_layout_api()  # the installed Gradio holds what ActionTrainBox.attach edits
+    monkeypatch.setattr(components, "Context", SimpleNamespace(block=None))  # as if Gradio dropped Context.block
+    with pytest.raises(RuntimeError, match=r"`Context.block` and a container's `children` list"):
+        components.check_layout_api()

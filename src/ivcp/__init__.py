@@ -2,15 +2,17 @@
 
 __version__ = "0.1.0"
 
-ACTION_STAGE = "action_cls"
-DEFAULT_PROMPT = "<video>What is the person doing?<ACTION>"  # <ACTION> after the video: its hidden state sees it all
+from .constants import ACTION_STAGE, DEFAULT_PROMPT
 
 
-def register() -> None:
-    """Hook the ``action_cls`` stage into the imported LLaMA-Factory (idempotent)."""
+__all__ = ["ACTION_STAGE", "DEFAULT_PROMPT", "register", "register_webui"]
+
+
+def register(force: bool = False) -> None:
+    """Hook the ``action_cls`` stage into the imported LLaMA-Factory (idempotent; ``force`` patches again)."""
     from .integration import register as _register
 
-    _register()
+    _register(force)
 
 
 def register_webui() -> None:

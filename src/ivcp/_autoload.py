@@ -15,17 +15,14 @@ import importlib.util
 import os
 import sys
 
+from .constants import MODULE_ALIASES
+
 
 DISABLE_ENV = "IVCP_DISABLE"
 TRIGGER_MODULES = {  # module -> the ivcp function to run once it has executed
     "llamafactory.train.tuner": "register",  # `train`, `export`
     "llamafactory.api.app": "register",  # `api`
     "llamafactory.webui.interface": "register_webui",  # `webui`
-}
-MODULE_ALIASES = {
-    "llamafactory.model.action_decoder": "ivcp.model.action_decoder",
-    "llamafactory.train.action_cls": "ivcp.train.action_cls",
-    "llamafactory.data.processor.action_cls": "ivcp.data.processor",
 }
 
 

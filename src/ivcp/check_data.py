@@ -10,14 +10,16 @@ from typing import Any
 from llamafactory.hparams import DataArguments, ModelArguments
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
-from . import ACTION_STAGE, register
+from .constants import ACTION_STAGE
 from .data import ActionDataConfig, ActionDatasetProcessor
 from .data.check import DataReport, check_action_data, load_aligned_datasets
-from .data.label_names import check_label_names
+from .data.label_names import check_label_names, find_label_names
 from .hparams import ActionFinetuningArguments
+from .hparams.checks import check_action_cls_args
 from .model import load_action_tokenizer
+from .model.loader import find_head
 from .model.multi_label import MULTI_LABEL
-from .train.action_cls.workflow import check_action_cls_args, find_label_names
+from .stage_patches import register_stage as register
 
 
 def check_data(config: dict[str, Any], num_workers: int | None = None) -> DataReport:
@@ -36,7 +38,7 @@ def check_data(config: dict[str, Any], num_workers: int | None = None) -> DataRe
         )
 
     check_action_cls_args(model_args, data_args, finetuning_args)
-    names, origin = find_label_names(model_args, data_args, finetuning_args)
+    names, origin = find_label_names(data_args, finetuning_args, find_head(model_args, finetuning_args))
     if names is not None and "num_action_classes" not in config:
         finetuning_args.num_action_classes = len(names)
     check_label_names(names, finetuning_args.num_action_classes, origin)

@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from . import DEFAULT_PROMPT, show_frames
+from . import show_frames
+from .constants import DEFAULT_PROMPT
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -94,7 +95,7 @@ def _check_data(args: argparse.Namespace) -> int:
     config.update(_parse_settings(args.set))
     try:
         report = check_data(config, num_workers=args.workers)
-    except (ValueError, FileNotFoundError) as err:  # settings, model or template that cannot work at all
+    except (ValueError, OSError) as err:  # settings, model (offline, not a folder) or template that cannot work at all
         print(f"ivcp check-data: {err}", file=sys.stderr)
         return 2
 

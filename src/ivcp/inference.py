@@ -11,26 +11,26 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-from llamafactory.extras import logging
 from llamafactory.hparams import get_infer_args
 from tqdm import tqdm
 
-from . import ACTION_STAGE, DEFAULT_PROMPT, register
+from .constants import ACTION_STAGE, DEFAULT_PROMPT
 from .data import ActionDataCollator, ActionDatasetProcessor
 from .data.context import ActionDataError, media_error
 from .data.videos import check_video
+from .log import get_logger
 from .model import load_action_model, load_action_tokenizer
-from .model.action_decoder import head_arguments, load_head_config
+from .model.decoding import class_names, decode
+from .model.head_config import head_arguments, load_head_config
 from .model.loader import find_head_directory
-from .model.multi_label import MULTI_LABEL, decode_multi_label
-from .train.action_cls.metric import class_names, rank_classes
+from .stage_patches import register_stage as register
 
 
 if TYPE_CHECKING:
     from .model import ActionClassificationModel
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 class ActionClassifier:
@@ -67,13 +67,14 @@ class ActionClassifier:
             "adapter_name_or_path": adapter,
             "action_decoder_path": action_decoder_path,
             "stage": ACTION_STAGE,
-            **head_arguments(head_config),
-            **kwargs,
+            **head_arguments(head_config, kwargs),  # the user's arguments win (see ivcp.model.head_config)
         }
         model_args, data_args, finetuning_args, _ = get_infer_args({k: v for k, v in args.items() if v is not None})
         model_args.device_map = None  # one device, chosen below: "auto" would shard the tiny head away
         tokenizer_module, template = load_action_tokenizer(model_args, data_args)
-        model = load_action_model(tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False)
+        model = load_action_model(
+            tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False, data_args=data_args
+        )
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         encoder = ActionDatasetProcessor(
             template=template,
@@ -81,6 +82,7 @@ class ActionClassifier:
             num_classes=finetuning_args.num_action_classes,
             label_names=tuple(model.label_names) if model.label_names else None,
             decode_videos=False,
+            dataset_media=False,
             **tokenizer_module,
         )
         collator = ActionDataCollator(template=template, model=model.backbone, **tokenizer_module)
@@ -133,7 +135,7 @@ class ActionClassifier:
         try:
             return self._encode(video, prompt)
         except Exception as err:  # whatever the reader or plugin raises, keep its kind
-            raise media_error(err, f"video {video}", video) from err
+            raise media_error(err, None, video) from err  # the message names the file, once
 
     def collate(self, features: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[ActionDataError | None]]:
         r"""Batch encoded videos (this decodes them); a video that fails alone is left out with its error.
@@ -159,13 +161,12 @@ class ActionClassifier:
 
     def _collate_error(self, err: Exception, video: str) -> ActionDataError:
         r"""Blame the file only when a full decode of it fails too; otherwise the plugin or processor failed."""
-        where = f"video {video}"
         try:
-            check_video(video, where, self.encoder.data_args.media_dir, decode=True)
+            check_video(video, None, None, *self.video_settings, decode=True)
         except ActionDataError as file_error:
             return file_error
 
-        return media_error(err, where, video)
+        return media_error(err, None, video)
 
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -221,7 +222,7 @@ class ActionClassifier:
         return torch.stack(rows)
 
     def result(self, video: str, outcome: torch.Tensor | ActionDataError, top_k: int) -> dict[str, Any]:
-        r"""The JSON-ready result of one video: its top-k classes, or ``error`` (naming the file) and its kind."""
+        r"""The JSON-ready result of one video (:mod:`ivcp.model.decoding`'s shape), or its ``error`` and kind."""
         if isinstance(outcome, ActionDataError):
             return {"video": video, "error": str(outcome), "error_kind": outcome.kind}
 
@@ -250,30 +251,18 @@ class ActionClassifier:
         batch_size: int = 8,
         progress: bool = False,
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        r"""Top-k classes with probabilities (and names when known) for one video or a list of videos.
+        r"""Top-k classes with probabilities and names for one video or a list of videos.
 
-        A multi-label head returns every class at or above its threshold instead (``top_k`` is not used).
+        Each result is ``{"video", "predicted", "name", "classes"}`` (see :mod:`ivcp.model.decoding`); a multi-label
+        head returns every class at or above its threshold instead (``"names"``; ``top_k`` is not used).
 
-        A video that cannot be read or processed gets ``{"video", "error", "error_kind"}`` instead; the others are
-        classified.
+        A video that cannot be read or processed, or whose logits are not finite, gets ``{"video", "error",
+        "error_kind"}`` instead; the others are classified.
         """
         single = isinstance(videos, str)
         results = list(self.iter_predict([videos] if single else list(videos), top_k, prompt, batch_size, progress))
         return results[0] if single else results
 
     def decode(self, logits: torch.Tensor, top_k: int = 5) -> list[dict[str, Any]]:
-        r"""The head's own rule: softmax top-k for single-label, sigmoid >= threshold for multi-label heads."""
-        if self.model.problem_type == MULTI_LABEL:
-            return [
-                {
-                    "predicted": [entry["class"] for entry in chosen],
-                    "names": [entry["name"] for entry in chosen],
-                    "classes": chosen,
-                }
-                for chosen in decode_multi_label(logits, self.model.threshold, self.names)
-            ]
-
-        return [
-            {"predicted": top[0]["class"], "name": top[0]["name"], "top_k": top}
-            for top in rank_classes(logits, top_k, self.names)
-        ]
+        r"""The head's own rule (:func:`ivcp.model.decoding.decode`): softmax top-k, or sigmoid >= threshold."""
+        return decode(logits, self.model.problem_type, self.model.threshold, self.names, top_k)

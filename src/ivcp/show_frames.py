@@ -84,10 +84,14 @@ def _processor(settings: dict[str, Any]) -> Any:
         raise SystemExit("ivcp show-frames: --model needs --template (the family's rules for the frames).")
 
     from llamafactory.hparams import ModelArguments
-    from llamafactory.model import load_tokenizer
+
+    from .model.loader import load_tokenizer_explained
 
     keys = ("model_name_or_path", "video_fps", "video_maxlen", "video_max_pixels", "video_min_pixels")
-    processor = load_tokenizer(ModelArguments(**{key: settings[key] for key in keys}))["processor"]
+    try:
+        processor = load_tokenizer_explained(ModelArguments(**{key: settings[key] for key in keys}))["processor"]
+    except OSError as err:  # offline and not cached, or not a model folder: one line, not a traceback
+        raise SystemExit(f"ivcp show-frames: {err}") from err
     if processor is None:
         raise SystemExit(f"ivcp show-frames: {settings['model_name_or_path']!r} has no multimodal processor.")
     return processor

@@ -10,18 +10,21 @@ from llamafactory.api.protocol import ChatMessage, MultimodalInputItem
 from pydantic import BaseModel, Field
 
 
+MAX_VIDEO_FPS = 240.0  # more than any camera records; the samples are capped by video_maxlen anyway
+
+
 class ClassificationRequest(BaseModel):
     model: str | None = None
     input: list[str | MultimodalInputItem] | str | MultimodalInputItem | None = None
     messages: list[ChatMessage] | None = None
     top_k: int = Field(default=5, ge=1)
-    video_fps: float | None = Field(default=None, gt=0)
+    video_fps: float | None = Field(default=None, gt=0, le=MAX_VIDEO_FPS, allow_inf_nan=False)
     video_maxlen: int | None = Field(default=None, ge=1)
     user: str | None = None
 
 
 class ClassProbability(BaseModel):
-    label: str
+    name: str
     probability: float
     class_id: int = Field(alias="class")
 
@@ -34,8 +37,11 @@ class ClassificationData(BaseModel):
     label: str | None = None
     probs: list[float] | None = None
     num_classes: int
-    top_k: list[ClassProbability] | None = None
-    labels: list[ClassProbability] | None = None  # multi-label heads: every class at or above the threshold
+    # the decoded result (ivcp.model.decoding): the top-k classes, or every class at or above a multi-label threshold
+    predicted: int | list[int] | None = None
+    name: str | None = None
+    names: list[str] | None = None
+    classes: list[ClassProbability] | None = None
     error: dict[str, Any] | None = None
 
 
@@ -70,4 +76,5 @@ _ERROR_TYPES = {
     413: "RequestTooLargeError",
     415: "UnsupportedMediaTypeError",
     422: "UnprocessableEntityError",
+    500: "InternalServerError",
 }

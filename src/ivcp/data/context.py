@@ -72,30 +72,45 @@ def describe_example(source: str, index: int) -> str:
     return f"example {index} of {source}"
 
 
-def media_error(err: Exception, where: str, media: list[str] | str) -> ActionDataError:
-    r"""``err``, raised while reading or processing ``media``, as an error that names them and keeps its kind.
+def located(where: str | None, message: str) -> str:
+    r"""``message`` prefixed by ``where`` (the example it belongs to), or alone when the message is about a file."""
+    return f"{where}: {message}" if where else message
 
-    A file PyAV/PIL cannot open is "video unreadable"; anything else (a plugin or processor failure) is
-    "processing failed", with the exception's type, so a bug is never passed off as a bad file. Exceptions whose
-    text is empty (``StopIteration`` from a file without a video stream) still get a cause.
+
+def _describe_media(media: list[str] | str) -> str:
+    if not isinstance(media, str) and len(media) == 1:
+        media = media[0]
+    return f"video {media!r}" if isinstance(media, str) else f"media {media}"
+
+
+def media_error(err: Exception, where: str | None, media: list[str] | str) -> ActionDataError:
+    r"""``err``, raised while reading or processing ``media``, as an error that names them once and keeps its kind.
+
+    ``where`` names the dataset example (training, ``ivcp check-data``); inference passes None, since the file is all
+    there is to name. A file PyAV/PIL cannot open is "video unreadable"; anything else (a plugin or processor
+    failure) is "processing failed", with the exception's type, so a bug is never passed off as a bad file.
+    Exceptions whose text is empty (``StopIteration`` from a file without a video stream) still get a cause.
     """
     if isinstance(err, ActionDataError):
         return err
 
     import av
 
-    from .video_reader import VideoReadError
+    from .video_reader import REENCODE_HINT, VideoReadError
 
     if isinstance(err, VideoReadError):  # the reader's own verdict: it names the file, the cause and the fix
-        return ActionDataError(f"{where} has {err}", kind=err.kind)
+        return ActionDataError(located(where, str(err)), kind=err.kind)
 
     if isinstance(err, StopIteration):
-        return ActionDataError(f"{where} has {media}, which holds no video stream.", kind="video unreadable")
+        message = f"{_describe_media(media)} holds no video stream: {REENCODE_HINT}."
+        return ActionDataError(located(where, message), kind="video unreadable")
 
     cause = str(err) or type(err).__name__
-    if isinstance(err, (av.FFmpegError, OSError)):
-        return ActionDataError(f"{where} has {media}, which cannot be read ({cause}).", kind="video unreadable")
+    if isinstance(err, (av.FFmpegError, OSError)):  # strerror: the reason without the file name str() repeats
+        message = f"{_describe_media(media)} cannot be read ({err.strerror or cause}): {REENCODE_HINT}."
+        return ActionDataError(located(where, message), kind="video unreadable")
 
     return ActionDataError(
-        f"{where} could not be processed (media: {media}): {type(err).__name__}: {cause}", kind="processing failed"
+        located(where, f"{_describe_media(media)} could not be processed: {type(err).__name__}: {cause}"),
+        kind="processing failed",
     )

@@ -2,7 +2,16 @@
 
 import json
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from llamafactory.data.parser import get_dataset_list
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import DataArguments
+
+    from ..hparams import ActionFinetuningArguments
 
 
 def read_label_names(source: Any, base_dir: str = ".") -> list[str]:
@@ -49,3 +58,36 @@ def check_label_names(names: list[str] | None, num_classes: int, origin: str) ->
             f"{origin} lists {len(names)} class names but num_action_classes={num_classes}: "
             f"set `num_action_classes: {len(names)}` or fix the names."
         )
+
+
+def find_label_names(
+    data_args: "DataArguments",
+    finetuning_args: "ActionFinetuningArguments",
+    head: tuple[str | None, Mapping[str, Any] | None],
+) -> tuple[list[str] | None, str | None]:
+    r"""Class names and where they come from: ``action_label_names``, the datasets' ``label_names``, the head.
+
+    ``head`` is the head's folder and saved config (``ivcp.model.loader.find_head``), either None.
+    """
+    if finetuning_args.action_label_names is not None:
+        return read_label_names(finetuning_args.action_label_names), finetuning_args.action_label_names
+
+    dataset_names = (data_args.dataset or []) + (data_args.eval_dataset or [])
+    for attr in get_dataset_list(dataset_names, data_args.dataset_dir) if dataset_names else []:
+        if getattr(attr, "action_label_names", None) is not None:
+            origin = f"`label_names` of {attr} in {data_args.dataset_dir}/dataset_info.json"
+            return read_label_names(attr.action_label_names, base_dir=data_args.dataset_dir), origin
+
+    head_directory, head_config = head
+    return (head_config or {}).get("label_names"), f"the head config in {head_directory}"
+
+
+def resolve_label_names(
+    data_args: "DataArguments",
+    finetuning_args: "ActionFinetuningArguments",
+    head: tuple[str | None, Mapping[str, Any] | None],
+) -> list[str] | None:
+    r"""The class names, checked against ``num_action_classes``."""
+    names, origin = find_label_names(data_args, finetuning_args, head)
+    check_label_names(names, finetuning_args.num_action_classes, origin)
+    return names

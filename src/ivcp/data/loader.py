@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 from llamafactory.data import get_dataset
 
-from .. import ACTION_STAGE
+from ..constants import ACTION_STAGE
 from ..model.multi_label import MULTI_LABEL
 from .context import ActionDataConfig, loading_action_data
 

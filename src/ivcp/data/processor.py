@@ -12,7 +12,7 @@ from typing import Any
 
 from llamafactory.data.processor.processor_utils import DatasetProcessor
 
-from .. import DEFAULT_PROMPT
+from ..constants import DEFAULT_PROMPT
 from ..model.action_decoder import ACTION_TOKEN
 from ..model.multi_label import multi_hot
 from .context import ActionDataError, MediaSupportError, describe_example, media_error
@@ -118,6 +118,7 @@ class ActionDatasetProcessor(DatasetProcessor):
     label_names: tuple[str, ...] | None = None
     multi_label: bool = False  # `action_label` is a list of classes; the model gets multi-hot targets
     decode_videos: bool = True  # inference leaves the one decode to the collator
+    dataset_media: bool = True  # media errors name the example and `media_dir`; inference's files are the caller's
 
     def _check_messages(self, messages: list[dict[str, str]], where: str) -> None:
         if len(messages) % 2 != 0 or len(messages) == 0:
@@ -161,8 +162,9 @@ class ActionDatasetProcessor(DatasetProcessor):
 
         video_fps = getattr(self.processor, "video_fps", 2.0)  # the plugin's own defaults
         video_maxlen = getattr(self.processor, "video_maxlen", 128)
+        media_where, media_dir = (where, self.data_args.media_dir) if self.dataset_media else (None, None)
         for video in videos:
-            check_video(video, where, self.data_args.media_dir, video_fps, video_maxlen, decode=self.decode_videos)
+            check_video(video, media_where, media_dir, video_fps, video_maxlen, decode=self.decode_videos)
 
         try:
             messages = self.template.mm_plugin.process_messages(
@@ -172,7 +174,7 @@ class ActionDatasetProcessor(DatasetProcessor):
                 [], [], images, videos, audios, self.tokenizer, self.processor
             )
         except Exception as err:  # PyAV / PIL / plugin errors: say which example and which files, keep the kind
-            raise media_error(err, where, videos + images) from err
+            raise media_error(err, media_where, videos + images) from err
 
         prompt_ids, _ = self.template.encode_oneturn(self.tokenizer, messages, example["_system"], example["_tools"])
         input_ids = input_ids + prompt_ids

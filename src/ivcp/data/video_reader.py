@@ -9,36 +9,49 @@ and decoding stops after the last sample, seeking to the keyframe before a sampl
 out the non-reference frames between samples; only the samples are converted, shrunk as they are.
 :class:`VideoPlan` is the decision; token counting and the collator both take it from :func:`plan_video`, so they
 cannot disagree.
+
+Every file is opened as a local file in one of :data:`VIDEO_DEMUXERS` (FFmpeg's protocols limited to ``file``, its
+demuxers to video containers), whatever its name: FFmpeg picks a demuxer by probing the content, and a playlist
+(HLS), a concat list or an image sequence would make it open other files or URLs named inside. Frames larger than
+:data:`MAX_FRAME_PIXELS` are refused before any is decoded, and the samples are converted as they are decoded, so a
+video holds at most one full-size frame (plus the decoder's own) at a time.
 """
 
 import bisect
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
-from llamafactory.extras import logging
+
+from ..log import get_logger
 
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 HEADER_TOLERANCE = 2  # frames a header may announce beyond those in the stream (AVI muxers add empty chunks)
 REENCODE_HINT = "re-encode it (e.g. `ffmpeg -i in.mp4 -c:v libx264 out.mp4`) or remove it"
+# FFmpeg demuxer names: mp4/mov/3gp, mkv/webm, avi, MPEG-TS, FLV, MPEG-PS (.mpg/.vob), ASF (.wmv); nothing that
+# reads other files or URLs named inside it (hls, dash, concat, image2, ...)
+VIDEO_DEMUXERS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "flv", "mpeg", "asf")
+MAX_FRAME_PIXELS = 8192 * 4320  # 8K (DCI): a 16-frame 8192x8192 mp4 of 199 KB would take 1.6 GB as decoded frames
+_OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ",".join(VIDEO_DEMUXERS)}
 
 
 class VideoReadError(ValueError):
-    r"""A video file the reader cannot use; the message names the file, the cause and the fix."""
+    r"""A video file the reader cannot use; the message names the file once, then the cause and the fix."""
 
-    def __init__(self, message: str, kind: str = "video unreadable") -> None:
-        super().__init__(message)
+    def __init__(self, path: str, problem: str, kind: str = "video unreadable", fix: str = REENCODE_HINT) -> None:
+        super().__init__(f"video {path!r} {problem}: {fix}.")
+        self.path = path
         self.kind = kind
 
 
@@ -77,10 +90,15 @@ def sample_indices(total_frames: int, duration: float, video_fps: float, video_m
     return np.linspace(0, total_frames - 1, sample_frames).astype(np.int32).tolist()
 
 
+def _cause(err: "av.FFmpegError") -> str:
+    r"""FFmpeg's reason without the file name its message repeats (the error names the file once itself)."""
+    return err.strerror or str(err)
+
+
 def _video_stream(container: "av.container.InputContainer", path: str) -> "av.video.stream.VideoStream":
     stream = next((stream for stream in container.streams if stream.type == "video"), None)
     if stream is None:
-        raise VideoReadError(f"{path!r} holds no video stream: {REENCODE_HINT}.")
+        raise VideoReadError(path, "holds no video stream")
     return stream
 
 
@@ -99,10 +117,32 @@ def _first_frame_rotation(container: "av.container.InputContainer", stream: "av.
 
 
 def _open(path: str) -> "av.container.InputContainer":
+    r"""``path`` as a local file in a video container (FFmpeg refuses any other demuxer with EINVAL)."""
     try:
-        return av.open(path, "r")
+        return av.open(path, "r", container_options=_OPEN_OPTIONS)
+    except av.ValueError as err:
+        raise VideoReadError(
+            f"{path!r}, which is not in a video container this reader opens ({err}): only mp4/mov/3gp, mkv/webm, "
+            f"avi, MPEG-TS, FLV, MPEG-PS and ASF/WMV files are read (playlists, concat lists and image sequences "
+            f"never): {REENCODE_HINT}."
+        ) from err
     except (av.FFmpegError, OSError) as err:
-        raise VideoReadError(f"{path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
+        raise VideoReadError(path, f"cannot be read by PyAV ({_cause(err)})") from err
+
+
+def _check_frame_size(stream: "av.video.stream.VideoStream", path: str) -> None:
+    if stream.width * stream.height > MAX_FRAME_PIXELS:
+        raise VideoReadError(
+            f"{path!r} has {stream.width}x{stream.height} frames, more than the reader's limit of "
+            f"{MAX_FRAME_PIXELS} pixels (8192x4320): downscale it (e.g. `ffmpeg -i in.mp4 -vf scale=-2:1080 "
+            "out.mp4`).",
+            kind="frames too large",
+        )
+
+
+def clear_plan_cache() -> None:
+    r"""Forget every plan: a server calls it after each batch, since its uploads' temporary paths never repeat."""
+    _plan.cache_clear()
 
 
 @lru_cache(maxsize=65536)
@@ -111,6 +151,7 @@ def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int
     container = _open(path)
     try:
         stream = _video_stream(container, path)
+        _check_frame_size(stream, path)
         pts, keyframes, last_duration = [], [], 0
         for packet in container.demux(stream):
             if packet.size == 0:  # flush packets and empty AVI interleave chunks carry no frame
@@ -122,9 +163,7 @@ def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int
             last_duration = packet.duration or last_duration
 
         if not pts:
-            raise VideoReadError(
-                f"{path!r}, which PyAV cannot read, has a video stream without frames: {REENCODE_HINT}."
-            )
+            raise VideoReadError(path, "has a video stream without frames")
 
         has_pts = all(timestamp is not None for timestamp in pts) and len(set(pts)) == len(pts)
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
@@ -142,9 +181,9 @@ def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int
         frame_time, declared_text = duration / total, f"{declared:.2f} s"
         if announced > total + HEADER_TOLERANCE or declared - duration > max(3 * frame_time, 0.05 * declared):
             raise VideoReadError(
-                f"{path!r}, which PyAV cannot read to its end: the stream stops after {total} frames "
-                f"({duration:.2f} s) of the {announced or declared_text} its header announces (a truncated or "
-                f"damaged file): {REENCODE_HINT}.",
+                path,
+                f"cannot be read to its end: the stream stops after {total} frames ({duration:.2f} s) of the "
+                f"{announced or declared_text} its header announces (a truncated or damaged file)",
             )
         if announced and announced != total:
             logger.info(f"{path}: the header counts {announced} frames, the stream holds {total}; using {total}.")
@@ -152,7 +191,7 @@ def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int
         container.seek(0)
         rotation = _first_frame_rotation(container, stream)
     except av.FFmpegError as err:
-        raise VideoReadError(f"{path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
+        raise VideoReadError(path, f"cannot be read by PyAV ({_cause(err)})") from err
     finally:
         container.close()
 
@@ -181,7 +220,9 @@ def plan_video(path: str | os.PathLike, video_fps: float, video_maxlen: int) -> 
     try:
         status = os.stat(path)
     except OSError as err:
-        raise VideoReadError(f"{path!r} cannot be read ({err}): fix the path.", kind="video missing") from err
+        raise VideoReadError(
+            path, f"cannot be read ({err.strerror})", kind="video missing", fix="fix the path"
+        ) from err
 
     return _plan(path, (status.st_size, status.st_mtime_ns), float(video_fps), int(video_maxlen))
 
@@ -213,8 +254,8 @@ def _decoded(container, stream, wanted: set[int | None], skip: bool) -> "Iterato
         yield from packet.decode()
 
 
-def _decode_by_pts(container, stream, plan: VideoPlan, fast: bool) -> dict[int, "av.VideoFrame"]:
-    r"""Decode up to the last sample.
+def _decode_by_pts(container, stream, plan: VideoPlan, fast: bool, convert: Callable) -> dict[int, Any]:
+    r"""Decode up to the last sample, each converted as it is decoded.
 
     With ``fast``, jump to a sample's keyframe when that skips frames, and leave out the non-reference frames.
     """
@@ -230,7 +271,7 @@ def _decode_by_pts(container, stream, plan: VideoPlan, fast: bool) -> dict[int, 
         for frame in frames:
             position = frame.pts if frame.pts is not None else position
             if frame.pts in wanted and frame.pts not in found:  # not an open GOP's broken leading frame
-                found[frame.pts] = frame
+                found[frame.pts] = convert(frame)
             if frame.pts is not None and frame.pts >= target:
                 break
         else:  # end of the stream
@@ -242,19 +283,19 @@ def _missing(plan: VideoPlan, frames: list) -> list[int]:
     return [index for index, frame in zip(plan.sample_indices, frames) if frame is None]
 
 
-def _decode_by_index(container, stream, plan: VideoPlan) -> list["av.VideoFrame | None"]:
+def _decode_by_index(container, stream, plan: VideoPlan, convert: Callable) -> list[Any]:
     r"""Count frames in decoding order (for streams without timestamps), up to the last sample."""
     wanted, last, by_index = set(plan.sample_indices), plan.sample_indices[-1], {}
     for index, frame in enumerate(container.decode(stream)):
         if index in wanted:
-            by_index[index] = frame
+            by_index[index] = convert(frame)
         if index >= last:
             break
     return [by_index.get(index) for index in plan.sample_indices]
 
 
-def _decode_samples(plan: VideoPlan) -> list["av.VideoFrame | None"]:
-    r"""The sampled frames, None where the decoder gives none.
+def _decode_samples(plan: VideoPlan, convert: Callable) -> list[Any]:
+    r"""The sampled frames through ``convert``, None where the decoder gives none.
 
     When seeking or skipping loses a sample (a demuxer that seeks coarsely, packed B-frames whose packet carries
     another frame's timestamp), it decodes every frame from the start instead; frames without timestamps are
@@ -265,27 +306,31 @@ def _decode_samples(plan: VideoPlan) -> list["av.VideoFrame | None"]:
             stream = _video_stream(container, plan.path)
             stream.thread_type = "AUTO"
             if mode == "index":
-                frames = _decode_by_index(container, stream, plan)
+                frames = _decode_by_index(container, stream, plan, convert)
             else:
-                found = _decode_by_pts(container, stream, plan, fast=mode == "fast")
+                found = _decode_by_pts(container, stream, plan, mode == "fast", convert)
                 frames = [found.get(pts) for pts in plan.sample_pts]
         if not _missing(plan, frames):
             break
     return frames
 
 
-def decode_frames(plan: VideoPlan) -> list["av.VideoFrame"]:
-    r"""The sampled frames of ``plan`` as the decoder gives them; raises :class:`VideoReadError` naming the file."""
+def decode_frames(plan: VideoPlan, convert: Callable = lambda frame: frame) -> list[Any]:
+    r"""The sampled frames of ``plan``; raises :class:`VideoReadError` naming the file.
+
+    ``convert`` is applied to each as it is decoded, so that no full-size frame is kept.
+    """
     try:
-        frames = _decode_samples(plan)
+        frames = _decode_samples(plan, convert)
     except av.FFmpegError as err:
-        raise VideoReadError(f"{plan.path!r}, which PyAV cannot read ({err}): {REENCODE_HINT}.") from err
+        raise VideoReadError(plan.path, f"cannot be read by PyAV ({_cause(err)})") from err
 
     missing = _missing(plan, frames)
     if missing and (frames[0] is None or missing[0] < plan.frames_in_file - HEADER_TOLERANCE):
         raise VideoReadError(
-            f"{plan.path!r}, which PyAV cannot read: frame(s) {missing[:5]} of its {plan.frames_in_file} "
-            f"do not decode (a truncated or damaged file): {REENCODE_HINT}.",
+            plan.path,
+            f"cannot be decoded: frame(s) {missing[:5]} of its {plan.frames_in_file} fail (a truncated or damaged "
+            "file)",
         )
     if missing:  # the decoder drops the last frame or two of some AVI files: show the last one that decodes
         logger.info(f"{plan.path}: the last frame(s) {missing} do not decode; repeating the frame before.")
@@ -299,4 +344,4 @@ def read_frames(plan: VideoPlan, max_pixels: int | None = None) -> list["Image"]
 
     With ``max_pixels``, larger frames are shrunk to it (keeping their aspect ratio) as they are converted.
     """
-    return [_upright(frame, plan.rotation, max_pixels) for frame in decode_frames(plan)]
+    return decode_frames(plan, lambda frame: _upright(frame, plan.rotation, max_pixels))

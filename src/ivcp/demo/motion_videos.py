@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import DEFAULT_PROMPT
+from ..constants import DEFAULT_PROMPT
 from ..datasets.writer import register_datasets, sft_example, to_example, write_examples
 
 

@@ -2,7 +2,8 @@
 
 They live on IVCP's finetuning arguments because LLaMA-Factory's ``api`` command parses its YAML with the inference
 dataclasses (model, data, finetuning, generating) and rejects keys none of them knows. The media keys follow vLLM's
-names (``--allowed-local-media-path``, ``--allowed-media-domains``). Other stages ignore them.
+names (``--allowed-local-media-path``, ``--allowed-media-domains``). Other stages ignore them. The limits that bound
+what one client can make the server hold are listed, with their defaults, in docs/serving_security.md.
 """
 
 from dataclasses import dataclass, field
@@ -55,6 +56,24 @@ class ActionServingArguments:
         default=600.0,
         metadata={"help": "Longest video accepted (from its header), in seconds."},
     )
+    api_max_frame_pixels: int = field(
+        default=3840 * 2160,
+        metadata={
+            "help": "Largest frame (width x height) accepted, 4K UHD by default; the reader refuses over 8192x4320 "
+            "before decoding whatever this says."
+        },
+    )
+    api_max_items_per_request: int = field(
+        default=64,
+        metadata={"help": "Most videos in one request's `input`."},
+    )
+    api_max_concurrent_fetches: int = field(
+        default=4,
+        metadata={
+            "help": "http(s):// downloads in progress at once, over all requests (each holds up to "
+            "api_max_video_mb in memory)."
+        },
+    )
     api_fetch_timeout: float = field(
         default=30.0,
         metadata={"help": "Seconds allowed for fetching one http(s):// video, in total."},
@@ -64,7 +83,13 @@ class ActionServingArguments:
         if isinstance(self.allowed_media_domains, str):
             self.allowed_media_domains = [host.strip() for host in self.allowed_media_domains.split(",") if host]
 
-        for name in ("api_max_batch_size", "api_decode_workers"):
+        for name in (
+            "api_max_batch_size",
+            "api_decode_workers",
+            "api_max_frame_pixels",
+            "api_max_items_per_request",
+            "api_max_concurrent_fetches",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {getattr(self, name)!r}.")
 

@@ -18,10 +18,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .head_config import HEAD_CONFIG_NAME, load_head_config
+
 
 ACTION_TOKEN = "<ACTION>"
 HEAD_WEIGHTS_NAME = "action_decoder.safetensors"
-HEAD_CONFIG_NAME = "action_decoder_config.json"
 ACTION_EMBEDDING_KEY = "action_embedding"
 SCORE_WEIGHT_KEY = "score_weight"  # head config key of an export whose head lives in the model's safetensors
 
@@ -123,36 +124,6 @@ def save_head_config(save_directory: str, config: dict[str, Any]) -> None:
         os.path.join(save_directory, HEAD_CONFIG_NAME),
         lambda path: _write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n"),
     )
-
-
-def load_head_config(load_directory: str) -> dict[str, Any] | None:
-    path = os.path.join(load_directory, HEAD_CONFIG_NAME)
-    if not os.path.isfile(path):
-        return None
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): restore it from the training output.") from err
-
-
-def head_arguments(head_config: dict[str, Any]) -> dict[str, Any]:
-    r"""The arguments that rebuild a saved head and its preprocessing, for evaluation and inference."""
-    saved_options = {  # heads saved before an option existed lack its key: the option's default then applies
-        "action_problem_type": head_config.get("problem_type"),  # the head's decoding rule, never the other
-        "action_threshold": head_config.get("threshold"),
-        "action_decoder_dropout": head_config.get("dropout"),
-        "action_hidden_layer": head_config.get("hidden_layer"),
-        "action_decoder_bias": head_config.get("bias"),
-    }
-    return {
-        "num_action_classes": head_config["num_classes"],
-        "action_decoder_type": head_config["decoder_type"],
-        "action_decoder_hidden_size": head_config["decoder_hidden_size"],
-        **{name: value for name, value in saved_options.items() if value is not None},
-        **head_config.get("preprocessing", {}),
-    }
 
 
 def _score_weight_name(directory: str) -> str | None:

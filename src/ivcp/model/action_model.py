@@ -16,9 +16,10 @@ from transformers.utils import ModelOutput
 
 from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder
 from .backbone import final_hidden_states
+from .head_config import to_config
 from .layers import decoder_layers
 from .loss import ActionLoss
-from .multi_label import MULTI_LABEL, SINGLE_LABEL, multi_label_loss
+from .multi_label import SINGLE_LABEL
 
 
 BACKBONE_PREFIX = "backbone."
@@ -53,6 +54,8 @@ class ActionClassificationModel(nn.Module):
         router_aux_loss_coef: float | None = None,
         problem_type: str = SINGLE_LABEL,
         threshold: float = 0.5,
+        options: dict[str, Any] | None = None,
+        loss_fn: ActionLoss | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -62,8 +65,8 @@ class ActionClassificationModel(nn.Module):
         self.router_aux_loss_coef = router_aux_loss_coef  # None: no router loss (dense model, or not asked for)
         self.problem_type = problem_type
         self.threshold = threshold  # multi-label decoding, saved with the head
-        self.preprocessing: dict[str, Any] = {}  # the data settings inference must reuse (saved with the head)
-        self.loss_fn = ActionLoss()  # the objective (saved with the head)
+        self.options = dict(options or {})  # the run's saved options by argument name (``head_config.HEAD_OPTIONS``)
+        self.loss_fn = loss_fn or ActionLoss(problem_type=problem_type)  # the objective (saved with the head)
         layers = decoder_layers(self.base_model)  # `action_hidden_layer` deleted the layers above the classified one
         self.hidden_layer = len(layers) - 1 if layers is not None else None
         # its own parameter, so it can have its own learning rate and is saved with the head
@@ -117,24 +120,26 @@ class ActionClassificationModel(nn.Module):
         logits = self.action_decoder(pooled)
         loss = None
         if action_labels is not None:
-            if self.problem_type == MULTI_LABEL:  # multi-hot [batch, classes]
-                loss = multi_label_loss(logits, action_labels, self.loss_fn.weight)  # class weights: positive weights
-            else:
-                loss = self.loss_fn(logits, action_labels)
+            loss = self.loss_fn(logits, action_labels)
             if aux_loss is not None:
                 loss = loss + self.router_aux_loss_coef * aux_loss.to(loss.device)
 
         return ActionClassifierOutput(loss=loss, logits=logits, aux_loss=aux_loss)
 
     def head_config(self) -> dict[str, Any]:
+        r"""What ``action_decoder_config.json`` holds: the saved options (with this model's resolved values), names, loss."""
+        resolved = {
+            "hidden_size": self.action_decoder.hidden_size,
+            "action_decoder_hidden_size": self.action_decoder.decoder_hidden_size,
+            "action_hidden_layer": self.hidden_layer,
+            "action_problem_type": self.problem_type,
+            "action_threshold": self.threshold,
+        }
         return {
             "action_token": ACTION_TOKEN,
             "action_token_id": self.action_token_id,
             "label_names": self.label_names,
-            "problem_type": self.problem_type,
-            "threshold": self.threshold,
-            "preprocessing": self.preprocessing,
-            "hidden_layer": self.hidden_layer,
+            **to_config({**self.options, **resolved}),
             **self.loss_fn.config.to_dict(),
         }
 

@@ -5,18 +5,20 @@ from typing import TYPE_CHECKING
 
 import torch
 from llamafactory.data import get_template_and_fix_tokenizer
-from llamafactory.extras import logging
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.model.model_utils.embedding import resize_embedding_layer
 from peft import PeftModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..data.video_plugin import with_video_reader
-from ..integration import action_processor
-from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head, load_head_config
+from ..log import get_logger
+from .action_decoder import ACTION_TOKEN, ActionDecoder, has_head
 from .action_model import ActionClassificationModel
 from .backbone import check_poolable, router_aux_loss_coef
+from .bnb_notice import quiet_optional_cpu_kernel_notice
+from .head_config import check_head_config, load_head_config, run_options, saved_arguments
 from .loss import ActionLoss, ActionLossConfig
+from .video_processor import action_processor
 
 
 if TYPE_CHECKING:
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from ..hparams import ActionFinetuningArguments
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 def add_action_token(tokenizer: "PreTrainedTokenizer") -> int:
@@ -41,6 +43,18 @@ def add_action_token(tokenizer: "PreTrainedTokenizer") -> int:
     return token_id
 
 
+def load_tokenizer_explained(model_args: "ModelArguments") -> "TokenizerModule":
+    r"""LLaMA-Factory's ``load_tokenizer``, whose "Failed to load tokenizer." hides why: the cause and the setting."""
+    try:
+        return load_tokenizer(model_args)
+    except OSError as err:
+        cause = str(err.__cause__ or err).split("\n")[0]
+        raise OSError(
+            f"Cannot load the tokenizer and processor of model_name_or_path={model_args.model_name_or_path!r}: "
+            f"{cause} Set `model_name_or_path` (`--model`) to a local model folder, or download the model once online."
+        ) from err
+
+
 def load_action_tokenizer(
     model_args: "ModelArguments", data_args: "DataArguments"
 ) -> tuple["TokenizerModule", "Template"]:
@@ -48,7 +62,7 @@ def load_action_tokenizer(
 
     The template's mm_plugin reads videos with IVCP's reader, so token counting and the collator share one decision.
     """
-    tokenizer_module = load_tokenizer(model_args)
+    tokenizer_module = load_tokenizer_explained(model_args)
     add_action_token(tokenizer_module["tokenizer"])
     tokenizer_module["processor"] = action_processor(tokenizer_module["processor"])
     return tokenizer_module, with_video_reader(
@@ -100,31 +114,46 @@ def find_head_directory(
     return None
 
 
+def find_head(
+    model_args: "ModelArguments", finetuning_args: "ActionFinetuningArguments"
+) -> tuple[str | None, dict | None]:
+    r"""The run's head folder (:func:`find_head_directory`) and its saved config, either None when there is none."""
+    head_directory = find_head_directory(
+        finetuning_args.action_decoder_path, model_args.adapter_name_or_path, model_args.model_name_or_path
+    )
+    return head_directory, load_head_config(head_directory) if head_directory else None
+
+
 def load_action_model(
     tokenizer: "PreTrainedTokenizer",
     model_args: "ModelArguments",
     finetuning_args: "ActionFinetuningArguments",
     is_trainable: bool,
     label_names: list[str] | None = None,
+    data_args: "DataArguments | None" = None,
+    loss_config: ActionLossConfig | None = None,
 ) -> ActionClassificationModel:
-    r"""Load the backbone the LLaMA-Factory way (LoRA / freeze / full) and put the action head on it."""
+    r"""Load the backbone the LLaMA-Factory way (LoRA / freeze / full) and put the action head on it.
+
+    The model is built once, with its loss (``loss_config``, else the objective saved with the head) and the saved
+    options (``head_config.HEAD_OPTIONS``) of this run's arguments; without ``data_args`` (export), the data settings
+    are those saved with the head.
+    """
     action_token_id = tokenizer.convert_tokens_to_ids(ACTION_TOKEN)
     num_real_tokens = min(action_token_id, len(tokenizer))
+    quiet_optional_cpu_kernel_notice()  # PEFT imports bitsandbytes while loading
     backbone = load_model(tokenizer, model_args, finetuning_args, is_trainable)
     check_poolable(backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone)
     resize_embedding_layer(backbone, tokenizer)  # no-op when the table has spare rows (Qwen2-VL has ~280)
     _freeze_untied_lm_head(backbone)
 
-    head_directory = find_head_directory(
-        finetuning_args.action_decoder_path, model_args.adapter_name_or_path, model_args.model_name_or_path
-    )
+    head_directory, head_config = find_head(model_args, finetuning_args)
     if head_directory is None and not is_trainable:
         raise ValueError(
             "No trained action head found: pass the adapter of an action_cls run as `adapter_name_or_path`, "
             "or its output_dir as `action_decoder_path`."
         )
 
-    head_config = load_head_config(head_directory) if head_directory else None
     if head_config is not None and label_names is None:
         label_names = head_config.get("label_names")
 
@@ -146,11 +175,13 @@ def load_action_model(
         router_aux_loss_coef=router_aux_loss_coef(backbone, model_args.moe_aux_loss_coef) if is_trainable else None,
         problem_type=finetuning_args.action_problem_type,
         threshold=finetuning_args.action_threshold,
+        options={**saved_arguments(head_config or {}), **run_options(model_args, data_args, finetuning_args)},
+        loss_fn=ActionLoss(
+            loss_config or ActionLossConfig.from_head_config(head_config), finetuning_args.action_problem_type
+        ),
     )
-    model.preprocessing = (head_config or {}).get("preprocessing", {})
-    model.loss_fn = ActionLoss(ActionLossConfig.from_head_config(head_config))  # a training run sets its own
     if head_directory is not None:
-        _check_head_config(head_directory, head_config, model)
+        check_head_config(head_directory, head_config, model.head_config())
         model.load_head(head_directory)
         logger.info_rank0(f"Loaded the action head from {head_directory}.")
 
@@ -164,28 +195,3 @@ def load_action_model(
         model.eval()
 
     return model
-
-
-def _check_head_config(directory: str, config: dict | None, model: ActionClassificationModel) -> None:
-    if config is None:
-        return
-
-    saved_layer = config.get("hidden_layer")
-    if saved_layer is not None and model.hidden_layer is not None and saved_layer != model.hidden_layer:
-        raise ValueError(
-            f"The action head in {directory} classifies LLM layer {saved_layer}, but this run uses layer "
-            f"{model.hidden_layer}: set `action_hidden_layer: {saved_layer}`."
-        )
-
-    wanted_values = {**model.action_decoder.get_config(), "problem_type": model.problem_type}
-    for key, option in (
-        ("num_classes", "num_action_classes"),
-        ("hidden_size", None),
-        ("decoder_type", "action_decoder_type"),
-        ("problem_type", "action_problem_type"),
-        ("bias", "action_decoder_bias"),
-    ):
-        saved, wanted = config.get(key), wanted_values[key]
-        if saved is not None and saved != wanted:
-            fix = f"set `{option}: {saved}`" if option else "use a head trained on this model"
-            raise ValueError(f"The action head in {directory} has {key}={saved}, but this run has {wanted}: {fix}.")

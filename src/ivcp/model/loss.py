@@ -1,9 +1,15 @@
-"""The ``action_cls`` objective: cross-entropy or focal loss, with label smoothing and per-class weights.
+"""The ``action_cls`` objective: one entry point for every problem type, like transformers' classification loss.
 
-The model's forward calls one :class:`ActionLoss`, built from an :class:`ActionLossConfig`. The config (with the class
-weights in use, as numbers) is saved in the head config, so evaluation, inference and export restore the objective.
-Class weights are parsed by :func:`parse_class_weights` / :func:`resolve_class_weights`, which return a float tensor
-of one weight per class and serve any loss that takes per-class weights.
+The model's forward calls one :class:`ActionLoss`, built once by the loader from the problem type and an
+:class:`ActionLossConfig`: single-label heads train with cross-entropy or focal loss (label smoothing, per-class
+weights), multi-label heads with binary cross-entropy against multi-hot targets (the class weights are BCE's
+``pos_weight``). The config (with the class weights in use, as numbers) is saved in the head config, so evaluation,
+inference and export restore the objective. Class weights are parsed by :func:`parse_class_weights` /
+:func:`resolve_class_weights`, which return a float tensor of one weight per class.
+
+The loss is computed in fp32 with autocast off, whatever the training precision, and with torch's own
+cross-entropy and BCE bound when this module is imported: LLaMA-Factory's ``enable_liger_kernel`` replaces
+``torch.nn.functional.cross_entropy`` globally with Liger's kernel, which writes gradients into its input in place.
 """
 
 import json
@@ -16,6 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.functional import binary_cross_entropy_with_logits as _torch_binary_cross_entropy
+from torch.nn.functional import cross_entropy as _torch_cross_entropy
+
+from .multi_label import MULTI_LABEL, SINGLE_LABEL
 
 
 ACTION_LOSSES = ("cross_entropy", "focal")
@@ -79,20 +89,28 @@ def focal_loss(
 
 
 class ActionLoss:
-    r"""The loss callable of the wrapper model: ``loss_fn(logits, labels)``."""
+    r"""The loss callable of the wrapper model, ``loss_fn(logits, labels)``, dispatching on the problem type.
 
-    def __init__(self, config: ActionLossConfig | None = None) -> None:
+    ``labels`` are class ids ``[batch]`` (single-label) or multi-hot targets ``[batch, classes]`` (multi-label).
+    """
+
+    def __init__(self, config: ActionLossConfig | None = None, problem_type: str = SINGLE_LABEL) -> None:
         self.config = config or ActionLossConfig()
+        self.problem_type = problem_type
         weights = self.config.class_weights
         self.weight = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits, labels = logits.float(), labels.to(logits.device)
-        weight = self.weight.to(logits.device) if self.weight is not None else None
-        if self.config.loss == "focal":
-            return focal_loss(logits, labels, self.config.focal_gamma, weight, self.config.label_smoothing)
+        with torch.autocast(device_type=logits.device.type, enabled=False):  # fp32 under every training precision
+            logits, labels = logits.float(), labels.to(logits.device)
+            weight = self.weight.to(logits.device) if self.weight is not None else None
+            if self.problem_type == MULTI_LABEL:  # every class its own yes/no; the weights are positive weights
+                return _torch_binary_cross_entropy(logits, labels.to(logits.dtype), pos_weight=weight)
 
-        return F.cross_entropy(logits, labels, weight=weight, label_smoothing=self.config.label_smoothing)
+            if self.config.loss == "focal":
+                return focal_loss(logits, labels, self.config.focal_gamma, weight, self.config.label_smoothing)
+
+            return _torch_cross_entropy(logits, labels, weight=weight, label_smoothing=self.config.label_smoothing)
 
 
 def read_class_weights_spec(spec: Any) -> Any:

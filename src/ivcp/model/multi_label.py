@@ -3,14 +3,12 @@
 A clip may show any number of the classes (none included), so every class is an independent yes/no decision: the
 head's logits go through a sigmoid each, the loss is binary cross-entropy against a multi-hot target, and a class is
 predicted when its probability reaches ``action_threshold``. Training, metrics, ``predictions.jsonl`` and inference
-all decode through :func:`decode_multi_label`, so they can never disagree on the rule.
+all decode through :mod:`ivcp.model.decoding`, so they can never disagree on the rule.
 """
 
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 SINGLE_LABEL = "single_label"
@@ -25,21 +23,6 @@ def multi_hot(classes: Sequence[int], num_classes: int) -> list[int]:
         target[label] = 1
 
     return target
-
-
-def multi_label_loss(
-    logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    r"""Binary cross-entropy on the logits against multi-hot ``targets``, averaged over examples and classes.
-
-    ``pos_weight`` (one value per class) multiplies the loss of each class's positive examples, as in
-    :class:`torch.nn.BCEWithLogitsLoss`.
-    """
-    logits = logits.float()
-    if pos_weight is not None:
-        pos_weight = pos_weight.to(device=logits.device, dtype=logits.dtype)
-
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits), pos_weight=pos_weight)
 
 
 def balanced_pos_weight(targets: np.ndarray) -> np.ndarray:
@@ -57,17 +40,3 @@ def balanced_pos_weight(targets: np.ndarray) -> np.ndarray:
     defined = (positives > 0) & (negatives > 0)
     weights[defined] = negatives[defined] / positives[defined]
     return weights
-
-
-def decode_multi_label(logits: torch.Tensor, threshold: float, names: list[str] | None = None) -> list[list[dict]]:
-    r"""Per row, the classes whose sigmoid probability is >= ``threshold``, most probable first.
-
-    Each entry is ``{"class", "probability"}``, plus ``"name"`` given names; a row may be empty (no class present).
-    """
-    probabilities = logits.float().sigmoid()
-    rows = []
-    for row in probabilities.tolist():
-        chosen = sorted((c for c, p in enumerate(row) if p >= threshold), key=lambda c: -row[c])
-        rows.append([{"class": c, "probability": row[c], **({"name": names[c]} if names else {})} for c in chosen])
-
-    return rows

@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 from safetensors import SafetensorError, safe_open
 
-from .action_decoder import ACTION_TOKEN, HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, SCORE_WEIGHT_KEY, load_head_config
+from .action_decoder import ACTION_TOKEN, HEAD_WEIGHTS_NAME, SCORE_WEIGHT_KEY
+from .head_config import HEAD_CONFIG_NAME, load_head_config
 from .multi_label import MULTI_LABEL, SINGLE_LABEL
 
 

@@ -11,32 +11,20 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from llamafactory.extras import logging
 from llamafactory.hparams import read_args
 from omegaconf import OmegaConf
 from peft import PeftModel
 
-from .. import ACTION_STAGE
-from ..integration import flags_to_dotlist
+from ..constants import ACTION_STAGE
+from ..hparams.flags import flags_to_dotlist
+from ..log import get_logger
 from ..model import ActionClassificationModel, add_action_token, load_action_model
-from ..model.action_decoder import load_head_config
+from ..model.head_config import head_arguments, load_head_config
 from ..model.loader import find_head_directory
 from .vllm_export import write_vllm_export
 
 
-logger = logging.get_logger(__name__)
-
-
-HEAD_ARGUMENTS = {
-    "num_action_classes": "num_classes",
-    "action_decoder_type": "decoder_type",
-    "action_decoder_hidden_size": "decoder_hidden_size",
-    "action_problem_type": "problem_type",
-    "action_threshold": "threshold",
-    "action_decoder_dropout": "dropout",
-    "action_decoder_bias": "bias",
-    "action_hidden_layer": "hidden_layer",
-}
+logger = get_logger(__name__)
 
 
 def action_export_args(args: dict[str, Any] | list[str] | None) -> dict[str, Any] | None:
@@ -59,11 +47,7 @@ def action_export_args(args: dict[str, Any] | list[str] | None) -> dict[str, Any
             f"No action head found in {adapters or args.get('model_name_or_path')}: export needs a trained action_cls run."
         )
 
-    completed = {**args, "stage": ACTION_STAGE}
-    for argument, key in HEAD_ARGUMENTS.items():
-        if head_config.get(key) is not None:  # heads saved before an option existed lack its key
-            completed.setdefault(argument, head_config[key])
-    return completed
+    return {**head_arguments(head_config, args), "stage": ACTION_STAGE}  # the user's arguments win
 
 
 def merged_backbone(model: ActionClassificationModel) -> torch.nn.Module:

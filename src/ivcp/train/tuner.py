@@ -1,29 +1,21 @@
-"""The ``action_cls`` branch of LLaMA-Factory's ``tuner._training_function``.
+"""The ``action_cls`` branch of LLaMA-Factory's ``tuner._training_function``, without re-typing any of it.
 
-Upstream dispatches on a closed if/elif chain, so the stage gets its own entry: it sets up the same callbacks with
-LLaMA-Factory's own classes, runs the workflow and tears the process group down like upstream.
+Upstream's function parses the arguments, builds the callbacks, dispatches on ``finetuning_args.stage`` through a
+closed if/elif chain, and then returns early under Ray or tears the process group down. ``ivcp.integration`` runs
+that very function for an action_cls run with two names of ``llamafactory.train.tuner`` swapped for the call:
+``get_train_args`` (:meth:`ActionDispatch.get_train_args`: the stage reads ``rm`` while upstream dispatches) and
+``run_rm`` (:meth:`ActionDispatch.run_rm`: the action_cls workflow, which takes the rm workflow's arguments). So the
+callbacks, the Ray return and the teardown are upstream's own.
 """
 
+from collections.abc import Callable
 from typing import Any
 
-import torch.distributed as dist
-from llamafactory.extras import logging
-from llamafactory.hparams import get_train_args
-from llamafactory.train.callbacks import (
-    LogCallback,
-    ModuleProfilerCallback,
-    PissaConvertCallback,
-    ReporterCallback,
-    TorchProfilerCallback,
-)
-from llamafactory.train.trainer_utils import get_swanlab_callback
-from transformers import EarlyStoppingCallback
-
-from .. import ACTION_STAGE
+from ..constants import ACTION_STAGE
 from .action_cls import run_action_cls
 
 
-logger = logging.get_logger(__name__)
+DISPATCH_STAGE = "rm"  # the upstream branch whose workflow has run_action_cls's signature
 
 
 def requests_action_stage(args: dict[str, Any] | list[str] | None) -> bool:
@@ -41,29 +33,17 @@ def requests_action_stage(args: dict[str, Any] | list[str] | None) -> bool:
     return False
 
 
-def run_action_training(config: dict[str, Any]) -> None:
-    callbacks: list[Any] = config.get("callbacks")
-    model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(config.get("args"))
-    callbacks.append(LogCallback())
-    if finetuning_args.pissa_convert:
-        callbacks.append(PissaConvertCallback())
+class ActionDispatch:
+    r"""The two stand-ins upstream's ``_training_function`` calls for one action_cls run."""
 
-    if finetuning_args.use_swanlab:
-        callbacks.append(get_swanlab_callback(finetuning_args))
+    def __init__(self, get_train_args: Callable) -> None:
+        self._get_train_args = get_train_args
 
-    if finetuning_args.early_stopping_steps is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=finetuning_args.early_stopping_steps))
+    def get_train_args(self, args: Any) -> tuple:
+        model_args, data_args, training_args, finetuning_args, generating_args = self._get_train_args(args)
+        finetuning_args.stage = DISPATCH_STAGE  # back to action_cls before anything else reads it (run_rm)
+        return model_args, data_args, training_args, finetuning_args, generating_args
 
-    if getattr(training_args, "enable_torch_profiler", False):
-        callbacks.append(TorchProfilerCallback(training_args))
-
-    if getattr(training_args, "profile_modules", None):
-        callbacks.append(ModuleProfilerCallback(training_args.profile_modules))
-
-    callbacks.append(ReporterCallback(model_args, data_args, finetuning_args, generating_args))  # add to last
-    run_action_cls(model_args, data_args, training_args, finetuning_args, callbacks)
-    try:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    except Exception as err:  # noqa: BLE001
-        logger.warning(f"Failed to destroy process group: {err}.")
+    def run_rm(self, model_args, data_args, training_args, finetuning_args, callbacks) -> None:
+        finetuning_args.stage = ACTION_STAGE
+        run_action_cls(model_args, data_args, training_args, finetuning_args, callbacks)

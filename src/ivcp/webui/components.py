@@ -8,14 +8,13 @@ from llamafactory.extras.constants import TRAINING_STAGES
 from llamafactory.webui.common import get_save_dir
 from llamafactory.webui.locales import ALERTS
 
-from .. import ACTION_STAGE
+from ..constants import ACTION_STAGE
 from .control import (
     checkpoint_location,
     load_action_results,
     probability_chart,
     result_markdown,
     sampled_frames,
-    shown_classes,
 )
 from .options import ACTION_OPTIONS, create_option_widget
 
@@ -25,6 +24,26 @@ if TYPE_CHECKING:
     from llamafactory.webui.engine import Engine
 
     from ..inference import ActionClassifier
+
+
+def check_layout_api() -> None:
+    r"""Fail loudly if Gradio's layout no longer works as :meth:`ActionTrainBox.attach` needs (part of the self-check).
+
+    Gradio has no public way to place a block before one already built, so the accordion is moved within its tab's
+    ``children`` list: a container's ``children`` must be a list holding the blocks built in it, in order, and
+    ``Context.block`` the container being built.
+    """
+    with gr.Blocks(), gr.Column() as column:
+        current = Context.block
+        first, second = gr.Markdown(), gr.Markdown()
+
+    children = getattr(column, "children", None)
+    if current is not column or not isinstance(children, list) or children[-2:] != [first, second]:
+        raise RuntimeError(
+            f"IVCP places its Train-tab options through Gradio's `Context.block` and a container's `children` list, "
+            f"which gradio {gr.__version__} does not provide as expected: install the gradio version LLaMA-Factory "
+            "0.9.5 pins, or set IVCP_DISABLE=1."
+        )
 
 
 class ActionTrainBox:
@@ -40,7 +59,11 @@ class ActionTrainBox:
         return set(self.widgets.values())
 
     def attach(self, elem_dict: dict[str, "Component"]) -> dict[str, "Component"]:
-        r"""Place the accordion after the stage's basic settings and show it with the stage; the tab's elements."""
+        r"""Place the accordion after the stage's basic settings and show it with the stage; the tab's elements.
+
+        The move edits the tab's ``children`` list (no public Gradio API places a block): ``check_layout_api``
+        verifies that at registration.
+        """
         self.tab.children.remove(self.accordion)
         self.tab.children.insert(self.tab.children.index(elem_dict["extra_tab"]), self.accordion)
         elem_dict["training_stage"].change(
@@ -100,7 +123,7 @@ class TryIt:
         if "error" in result:
             raise gr.Error(result["error"])
 
-        classes = shown_classes(result)
+        classes = result["classes"]  # the top-k, or every class at or above a multi-label head's threshold
         frames = sampled_frames(video, *classifier.video_settings)
         return probability_chart(classes), result_markdown(classes, ALERTS["info_action_top_class"][lang]), frames
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 from llamafactory.extras.constants import PEFT_METHODS
 from llamafactory.webui.common import get_save_dir, load_dataset_info
 
-from .. import ACTION_STAGE
-from ..model.action_decoder import head_arguments, load_head_config
+from ..constants import ACTION_STAGE
+from ..model.head_config import head_arguments, load_head_config
 from ..model.loader import find_head_directory
 from .options import ACTION_OPTIONS, option_arguments
 
@@ -73,7 +73,8 @@ def action_eval_args(args: dict[str, Any]) -> dict[str, Any] | None:
     r"""LLaMA Board's evaluation arguments turned into an action_cls evaluation when the checkpoint holds a head.
 
     The head's class count, decoder and preprocessing (template, cutoff_len, video settings) are those it was
-    trained with; generation settings do not apply to a classifier.
+    trained with: LLaMA Board sends every form field, touched or not, so they are defaults, not the user's explicit
+    choices (the precedence rule of :mod:`ivcp.model.head_config`). Generation settings do not apply to a classifier.
     """
     head_directory = checkpoint_head(args)
     head_config = load_head_config(head_directory) if head_directory else None
@@ -81,7 +82,7 @@ def action_eval_args(args: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
     action_args = {key: value for key, value in args.items() if key not in GENERATION_ARGS}
-    action_args.update(stage=ACTION_STAGE, **head_arguments(head_config))
+    action_args.update(stage=ACTION_STAGE, **head_arguments(head_config, {}))
     return {key: value for key, value in action_args.items() if value is not None}
 
 
@@ -134,11 +135,6 @@ def probability_chart(top_k: list[dict[str, Any]]) -> "Figure":
     axes.set_xlim(0, 1.15)
     axes.set_xlabel("probability")
     return figure
-
-
-def shown_classes(result: dict[str, Any]) -> list[dict[str, Any]]:
-    r"""The classes a result shows: the top-k of a single-label head, those above the threshold of a multi-label one."""
-    return result["top_k"] if "top_k" in result else result["classes"]
 
 
 def result_markdown(classes: list[dict[str, Any]], title: str) -> str:

@@ -9,12 +9,13 @@ import json
 import os
 import re
 
-from llamafactory.extras import logging
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
+from ...log import get_logger
 
-logger = logging.get_logger(__name__)
+
+logger = get_logger(__name__)
 
 
 def is_complete_checkpoint(checkpoint: str) -> bool:

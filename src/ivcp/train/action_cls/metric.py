@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import expit
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -17,24 +16,14 @@ from sklearn.metrics import (
 )
 from transformers import EvalPrediction
 
+from ...log import get_logger
+from ...model.decoding import chosen, class_names, finite_rows, probabilities
 from ...model.multi_label import MULTI_LABEL, SINGLE_LABEL
 
 
+logger = get_logger(__name__)
+
 TOP_K = 5
-
-
-def class_names(num_classes: int, label_names: list[str] | None) -> list[str]:
-    return list(label_names) if label_names else [str(i) for i in range(num_classes)]
-
-
-def rank_classes(logits: torch.Tensor, top_k: int, names: list[str] | None = None) -> list[list[dict]]:
-    r"""Per row, the ``top_k`` classes by probability: ``{"class", "probability"}``, plus ``"name"`` given names."""
-    probabilities = logits.float().softmax(dim=-1)
-    top_probabilities, top_classes = probabilities.topk(min(top_k, probabilities.size(-1)), dim=-1)
-    return [
-        [{"class": c, "probability": p, **({"name": names[c]} if names else {})} for p, c in zip(row_p, row_c)]
-        for row_p, row_c in zip(top_probabilities.tolist(), top_classes.tolist())
-    ]
 
 
 def top_k_for(num_classes: int) -> int | None:
@@ -84,9 +73,9 @@ def multi_label_metrics(
     classes get no ``ap_<class>``. F1 and subset accuracy (the whole set of classes right) decode like inference.
     """
     targets = np.asarray(targets).astype(int)
-    probabilities = expit(np.asarray(logits, dtype=np.float64))
-    predictions = (probabilities >= threshold).astype(int)
-    ap = average_precisions(targets, probabilities)
+    scores = probabilities(torch.as_tensor(logits), MULTI_LABEL)
+    predictions = chosen(scores, threshold).numpy().astype(int)
+    ap = average_precisions(targets, scores.numpy())
     metrics = {
         "mAP": float(np.nanmean(ap)) if not np.isnan(ap).all() else 0.0,
         "micro_f1": float(f1_score(targets, predictions, average="micro", zero_division=0)),
@@ -110,6 +99,16 @@ class ComputeActionMetrics:
     def __call__(self, eval_preds: EvalPrediction) -> dict[str, float]:
         logits = eval_preds.predictions[0] if isinstance(eval_preds.predictions, tuple) else eval_preds.predictions
         logits, labels = np.asarray(logits), np.asarray(eval_preds.label_ids)
+        finite = finite_rows(torch.as_tensor(logits)).numpy()
+        if not finite.all():  # e.g. an fp16 overflow: such rows have no prediction to score
+            logger.warning_rank0(
+                f"{int((~finite).sum())} of {len(finite)} evaluation examples have non-finite logits (NaN or inf): "
+                "the metrics leave them out."
+            )
+            logits, labels = logits[finite], labels[finite]
+            if not finite.any():
+                return {}
+
         if self.problem_type == MULTI_LABEL:
             return multi_label_metrics(logits, labels, self.threshold, self.label_names)
 

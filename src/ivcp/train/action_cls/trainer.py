@@ -7,16 +7,17 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
-from llamafactory.extras import logging
 from llamafactory.train.callbacks import SaveProcessorCallback
 from llamafactory.train.trainer_utils import create_custom_optimizer, create_custom_scheduler
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from typing_extensions import override
 
+from ...log import get_logger
 from ...model.action_decoder import HEAD_WEIGHTS_NAME
-from ...model.multi_label import MULTI_LABEL, decode_multi_label
-from .metric import TOP_K, class_names, rank_classes, save_average_precision, save_confusion_matrix
+from ...model.decoding import decode, finite_rows, probabilities
+from ...model.multi_label import MULTI_LABEL
+from .metric import TOP_K, save_average_precision, save_confusion_matrix
 
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ...model import ActionClassificationModel
 
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 ACTION_GROUP_NAME = "action_token"
 
@@ -182,64 +183,47 @@ class ActionClsTrainer(Trainer):
     def save_predictions(self, predict_results: "PredictionOutput", dataset: "Dataset") -> None:
         r"""Write ``predictions.jsonl`` (one line per example) and the confusion matrix (JSON + PNG).
 
-        A multi-label head gets each class's average precision (JSON + bar chart) instead of the confusion matrix.
+        Each line is the example's ``index``, ``videos``, ``label`` (``label_name(s)`` with class names) and its
+        decoded result (:mod:`ivcp.model.decoding`). A multi-label head gets each class's average precision (JSON +
+        bar chart) instead of the confusion matrix; rows with non-finite logits are left out of both.
         """
         if not self.is_world_process_zero():
             return
 
         model = self.accelerator.unwrap_model(self.model)
         logits, labels = torch.as_tensor(predict_results.predictions), predict_results.label_ids
+        results = decode(logits, model.problem_type, model.threshold, model.label_names, TOP_K)
+        finite = finite_rows(logits).numpy()
         if model.problem_type == MULTI_LABEL:
-            records = _multi_label_records(logits, labels, model.threshold, model.label_names)
-            save_average_precision(self.args.output_dir, labels, logits.float().sigmoid().numpy(), model.label_names)
+            scores = probabilities(logits[finite], MULTI_LABEL).numpy()
+            save_average_precision(self.args.output_dir, labels[finite], scores, model.label_names)
         else:
-            records = _single_label_records(logits, labels, model.label_names)
-            predictions = np.array([record["predicted"] for record in records])
+            predictions = np.array([result["predicted"] for result in results if "error" not in result])
             num_classes = model.action_decoder.num_classes
-            save_confusion_matrix(self.args.output_dir, labels, predictions, num_classes, model.label_names)
+            save_confusion_matrix(self.args.output_dir, labels[finite], predictions, num_classes, model.label_names)
 
         path = os.path.join(self.args.output_dir, "predictions.jsonl")
         logger.info_rank0(f"Saving prediction results to {path}")
         with open(path, "w", encoding="utf-8") as f:
-            for index, (example, record) in enumerate(zip(dataset, records)):
-                record = {"index": index, "videos": example.get("videos"), **record}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for index, (example, label, result) in enumerate(zip(dataset, labels.tolist(), results)):
+                record = {"index": index, "videos": example.get("videos"), **_truth(label, model.label_names)}
+                f.write(json.dumps({**record, **_rounded(result)}, ensure_ascii=False) + "\n")
 
 
-def _rounded(entries: list[dict]) -> list[dict]:
-    return [{**entry, "probability": round(entry["probability"], 6)} for entry in entries]
+def _truth(label: int | list[int], label_names: list[str] | None) -> dict:
+    r"""The true class (single-label) or classes (multi-label, from the multi-hot target), with names when known."""
+    if isinstance(label, list):
+        label = [c for c, present in enumerate(label) if present]
+        return {"label": label, **({"label_names": [label_names[c] for c in label]} if label_names else {})}
+
+    return {"label": label, **({"label_name": label_names[label]} if label_names else {})}
 
 
-def _single_label_records(logits: torch.Tensor, labels: np.ndarray, label_names: list[str] | None) -> list[dict]:
-    r"""Per example: the label, the top class and the top-k classes with softmax probabilities (and names)."""
-    names = class_names(logits.size(-1), label_names)
-    records = []
-    for label, top_k in zip(labels.tolist(), rank_classes(logits, TOP_K, label_names)):
-        record = {"label": label, "predicted": top_k[0]["class"], "top_k": _rounded(top_k)}
-        if label_names:
-            record.update(label_name=names[label], predicted_name=names[record["predicted"]])
-        records.append(record)
+def _rounded(result: dict) -> dict:
+    if "classes" not in result:
+        return result
 
-    return records
-
-
-def _multi_label_records(
-    logits: torch.Tensor, labels: np.ndarray, threshold: float, label_names: list[str] | None
-) -> list[dict]:
-    r"""Per example: the true classes, and the classes at or above ``threshold`` with sigmoid probabilities."""
-    records = []
-    for target, chosen in zip(labels.tolist(), decode_multi_label(logits, threshold, label_names)):
-        true_classes = [c for c, present in enumerate(target) if present]
-        record = {
-            "label": true_classes,
-            "predicted": [entry["class"] for entry in chosen],
-            "classes": _rounded(chosen),
-        }
-        if label_names:
-            record.update(
-                label_names=[label_names[c] for c in true_classes],
-                predicted_names=[label_names[c] for c in record["predicted"]],
-            )
-        records.append(record)
-
-    return records
+    return {
+        **result,
+        "classes": [{**entry, "probability": round(entry["probability"], 6)} for entry in result["classes"]],
+    }

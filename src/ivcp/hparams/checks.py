@@ -1,0 +1,51 @@
+"""Cross-checks of the ``action_cls`` arguments that span LLaMA-Factory's argument groups.
+
+A field alone is checked in ``ActionFinetuningArguments.__post_init__``; the training workflow and ``ivcp check-data``
+call :func:`check_action_cls_args` before loading anything.
+"""
+
+from typing import TYPE_CHECKING
+
+from ..model.loss import BALANCED
+from ..model.multi_label import MULTI_LABEL
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from transformers import Seq2SeqTrainingArguments
+
+    from .finetuning_args import ActionFinetuningArguments
+
+
+def check_action_cls_args(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    finetuning_args: "ActionFinetuningArguments",
+    training_args: "Seq2SeqTrainingArguments | None" = None,
+) -> None:
+    r"""Reject settings that would silently break the stage."""
+    if model_args.split_special_tokens:
+        raise ValueError("`split_special_tokens: true` would split the <ACTION> token: remove it for action_cls.")
+
+    if data_args.packing or data_args.neat_packing:
+        raise ValueError("`packing` mixes examples in one sequence, action_cls needs one per sequence: remove it.")
+
+    if finetuning_args.finetuning_type not in ("lora", "full", "freeze"):
+        raise ValueError(
+            f"action_cls supports finetuning_type lora, full and freeze, not {finetuning_args.finetuning_type}."
+        )
+
+    if data_args.streaming and finetuning_args.action_class_weights == BALANCED:
+        raise ValueError(
+            "`action_class_weights: balanced` counts the classes over the whole training set, which `streaming: true` "
+            "cannot do: give the weights as a list."
+        )
+
+    smoothing = training_args.label_smoothing_factor if training_args is not None else 0.0
+    if finetuning_args.action_problem_type == MULTI_LABEL and (
+        finetuning_args.action_loss != "cross_entropy" or smoothing
+    ):
+        raise ValueError(
+            "`action_problem_type: multi_label` trains with binary cross-entropy: `action_loss: focal` and "
+            "`label_smoothing_factor` apply to single-label runs only; remove them."
+        )
