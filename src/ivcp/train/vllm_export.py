@@ -14,6 +14,7 @@ from llamafactory.data.template import TEMPLATES
 from safetensors.torch import save_file
 
 from ..model.action_decoder import ACTION_TOKEN, SCORE_WEIGHT_KEY, save_head_config
+from ..model.head_config import PREPROCESSING
 from ..model.vllm_layout import (
     CHAT_TEMPLATE_FILE,
     INDEX_FILE,
@@ -137,7 +138,7 @@ def write_vllm_export(
     config = _read_json(config_path)
     head_config = {**model.action_decoder.get_config(), **model.head_config()}
     reason = vllm_refusal(config.get("model_type"), head_config)
-    preprocessing = model.preprocessing
+    preprocessing = head_config.get(PREPROCESSING) or {}  # the training run's data settings, saved with the head
     if reason is None and not preprocessing.get("template"):
         reason = "the head's config does not name the chat template it was trained with (retrain to record it)"
     if reason is not None:
