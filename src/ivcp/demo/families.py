@@ -520,16 +520,39 @@ FAMILIES["gemma4"] = Family(
 )
 
 
-def build_tiny_family(out_dir: str, family: str, seed: int = 0, spare_rows: bool = True) -> str:
+VLLM_SIZED_FAMILIES = (*QWEN2_FAMILIES, "qwen3_vl")
+VLLM_HEAD_DIM = 64  # the smallest head vLLM's CPU attention runs
+
+
+def _vllm_sized(config: Any) -> None:
+    r"""A 128-d LLM with 2 heads of 64 (and the vision merger feeding it 128-d), for vLLM's CPU attention."""
+    hidden_size = 2 * VLLM_HEAD_DIM
+    text_config = config.text_config
+    text_config.hidden_size, text_config.intermediate_size = hidden_size, 2 * hidden_size
+    text_config.num_attention_heads, text_config.num_key_value_heads = 2, 2
+    text_config.head_dim = VLLM_HEAD_DIM
+    text_config.rope_parameters = {**text_config.rope_parameters, "mrope_section": [8, 12, 12]}  # sums to 64 / 2
+    config.vision_config.out_hidden_size = hidden_size
+
+
+def build_tiny_family(
+    out_dir: str, family: str, seed: int = 0, spare_rows: bool = True, vllm_sized: bool = False
+) -> str:
     r"""Write a tiny random model of ``family`` (a key of ``FAMILIES``) to ``out_dir`` and return it.
 
     ``spare_rows=False``: the embedding has exactly one row per token, so ``<ACTION>`` forces a resize.
+    ``vllm_sized``: attention heads of 64, the smallest vLLM's CPU attention runs (the families of
+    ``VLLM_SIZED_FAMILIES``).
     """
     import transformers
 
+    if vllm_sized and family not in VLLM_SIZED_FAMILIES:
+        raise ValueError(f"vllm_sized is built for {VLLM_SIZED_FAMILIES}, not {family!r}.")
+
     if family in QWEN2_FAMILIES:
         vocab_size = None if spare_rows else len(train_tokenizer(out_dir))
-        return build_tiny_qwen2vl(out_dir, seed=seed, model_type=family, vocab_size=vocab_size)
+        size = {"hidden_size": 2 * VLLM_HEAD_DIM, "num_heads": 2} if vllm_sized else {}
+        return build_tiny_qwen2vl(out_dir, seed=seed, model_type=family, vocab_size=vocab_size, **size)
 
     spec = FAMILIES[family]
     os.makedirs(out_dir, exist_ok=True)
@@ -537,6 +560,8 @@ def build_tiny_family(out_dir: str, family: str, seed: int = 0, spare_rows: bool
         out_dir, spec.special_tokens, spec.named_tokens, eos_token=spec.eos_token, pad_token=spec.pad_token
     )
     config = spec.make_config(tokenizer, _vocab_rows(len(tokenizer)) if spare_rows else len(tokenizer))
+    if vllm_sized:
+        _vllm_sized(config)
     torch.manual_seed(seed)
     model = getattr(transformers, spec.model_class)(config).to(torch.float32).eval()
     model.generation_config = GenerationConfig(

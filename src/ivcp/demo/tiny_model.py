@@ -195,13 +195,14 @@ def _model_config(
     hidden_size: int,
     num_layers: int,
     vision_hidden_size: int = 32,
+    num_heads: int = 4,
 ) -> Any:
     r"""The tiny config: by default a 64-d, 2-layer LLM; depth-2 vision tower whose merger outputs its hidden size."""
-    num_heads = 4
     head_dim = hidden_size // num_heads
-    if hidden_size % 64 != 0:
+    if hidden_size % num_heads != 0 or head_dim % 16 != 0 or num_heads % 2 != 0:
         raise ValueError(
-            f"hidden_size must be a multiple of 64 (4 heads of a multiple of 16 for mrope), not {hidden_size}."
+            f"hidden_size {hidden_size} must split into an even number of heads ({num_heads}) of a multiple of 16 "
+            "(for mrope)."
         )
 
     token_ids = {
@@ -317,6 +318,7 @@ def build_tiny_qwen2vl(
     hidden_size: int = TEXT_HIDDEN_SIZE,
     num_layers: int = 2,
     vision_hidden_size: int = 32,
+    num_heads: int = 4,
 ) -> str:
     r"""Write a tiny random Qwen2-VL (``model_type="qwen2_5_vl"``: Qwen2.5-VL) to ``out_dir`` and return it.
 
@@ -328,6 +330,7 @@ def build_tiny_qwen2vl(
     ``hidden_size`` (a multiple of 64; the MLP is twice as wide) and ``num_layers`` size the LLM for benchmarks:
     the defaults give the small model the tests and the demo use. ``vision_hidden_size`` 64 makes every linear layer
     at least 64 wide, as bitsandbytes' 4-bit CPU inference needs (its quantization block is 64 values).
+    ``num_heads`` attention heads (2 key/value heads): vLLM's CPU attention needs head_dim 64, e.g. hidden 128 with 2.
     """
     from transformers import GenerationConfig
 
@@ -340,7 +343,7 @@ def build_tiny_qwen2vl(
 
     os.makedirs(out_dir, exist_ok=True)
     tokenizer = train_tokenizer(out_dir)
-    config = _model_config(tokenizer, model_type, vocab_size, hidden_size, num_layers, vision_hidden_size)
+    config = _model_config(tokenizer, model_type, vocab_size, hidden_size, num_layers, vision_hidden_size, num_heads)
     if len(tokenizer) > config.text_config.vocab_size:
         raise RuntimeError(
             f"vocab_size {config.text_config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})."

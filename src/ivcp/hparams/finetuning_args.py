@@ -31,6 +31,13 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
         default=None,
         metadata={"help": "Hidden size of the `mlp` head; None means the model's hidden size."},
     )
+    action_decoder_bias: bool = field(
+        default=True,
+        metadata={
+            "help": "false: the head's linear layers have no bias. vLLM's classifier layer has none, so "
+            "`llamafactory-cli export` writes a folder vLLM serves only for a `linear` head trained with false."
+        },
+    )
     action_decoder_path: str | None = field(
         default=None,
         metadata={"help": "A folder holding `action_decoder.safetensors` to start the head from."},

@@ -3,6 +3,10 @@
 The head is saved as ``action_decoder.safetensors`` (decoder weights, plus the learned ``<ACTION>`` embedding
 under ``action_embedding``) and ``action_decoder_config.json``. Both load without LLaMA-Factory:
 ``safetensors.torch.load_file`` and ``json.load`` are enough.
+
+An export vLLM serves (:mod:`ivcp.model.vllm_layout`) has no ``action_decoder.safetensors``: its config names the
+tensor of the model folder that holds the linear head (``score_weight``), and the ``<ACTION>`` row is merged into
+the embedding table. :func:`load_head_tensors` reads both layouts, so every loader takes one path.
 """
 
 import json
@@ -10,17 +14,19 @@ import os
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn import functional as F
 
+from .head_config import HEAD_CONFIG_NAME, atomic_write, load_head_config, save_head_config
+
 
 ACTION_TOKEN = "<ACTION>"
 HEAD_WEIGHTS_NAME = "action_decoder.safetensors"
-HEAD_CONFIG_NAME = "action_decoder_config.json"
 ACTION_EMBEDDING_KEY = "action_embedding"
+SCORE_WEIGHT_KEY = "score_weight"  # head config key of an export whose head lives in the model's safetensors
 
 
 class Float32Linear(nn.Linear):
@@ -38,6 +44,8 @@ class ActionDecoder(nn.Module):
     r"""Maps the hidden state at ``<ACTION>`` to class logits: ``linear``, or a 2-layer ``mlp`` with GELU.
 
     ``dropout`` applies to the hidden state before the head (outside ``net``, so the weight names never change).
+    ``bias=False`` drops the biases of its linear layers: vLLM's classifier ``score`` layer has none, so only a
+    bias-free linear head exports to a folder stock vLLM serves (see :mod:`ivcp.model.vllm_layout`).
     """
 
     def __init__(
@@ -47,6 +55,7 @@ class ActionDecoder(nn.Module):
         decoder_type: str = "linear",
         decoder_hidden_size: int | None = None,
         dropout: float = 0.0,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
@@ -54,13 +63,14 @@ class ActionDecoder(nn.Module):
         self.num_classes = num_classes
         self.decoder_type = decoder_type
         self.decoder_hidden_size = decoder_hidden_size or hidden_size
+        self.bias = bias
         if decoder_type == "linear":
-            self.net = Float32Linear(hidden_size, num_classes)
+            self.net = Float32Linear(hidden_size, num_classes, bias=bias)
         elif decoder_type == "mlp":
             self.net = nn.Sequential(
-                Float32Linear(hidden_size, self.decoder_hidden_size),
+                Float32Linear(hidden_size, self.decoder_hidden_size, bias=bias),
                 nn.GELU(),
-                Float32Linear(self.decoder_hidden_size, num_classes),
+                Float32Linear(self.decoder_hidden_size, num_classes, bias=bias),
             )
         else:
             raise ValueError(f"Unknown action decoder type {decoder_type!r}: use `linear` or `mlp`.")
@@ -78,6 +88,7 @@ class ActionDecoder(nn.Module):
             "decoder_type": self.decoder_type,
             "decoder_hidden_size": self.decoder_hidden_size,
             "dropout": self.dropout.p,
+            "bias": self.bias,
         }
 
     def save_pretrained(
@@ -96,18 +107,15 @@ class ActionDecoder(nn.Module):
         # fp32 whatever the strategy computed in (callers under DeepSpeed hand in the optimizer's fp32 weights)
         tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in tensors.items()}
         config = {**self.get_config(), **(extra_config or {})}
-        _atomic_write(os.path.join(save_directory, HEAD_WEIGHTS_NAME), lambda path: save_file(tensors, path))
-        _atomic_write(
-            os.path.join(save_directory, HEAD_CONFIG_NAME),
-            lambda path: _write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n"),
-        )
+        atomic_write(os.path.join(save_directory, HEAD_WEIGHTS_NAME), lambda path: save_file(tensors, path))
+        save_head_config(save_directory, config)
 
     def load_pretrained(self, load_directory: str) -> torch.Tensor | None:
         r"""Load the head from ``load_directory``; return the saved ``<ACTION>`` embedding if there is one."""
         tensors = load_head_tensors(load_directory)
         action_embedding = tensors.pop(ACTION_EMBEDDING_KEY, None)
         expected = self.state_dict()
-        path = os.path.join(load_directory, HEAD_WEIGHTS_NAME)
+        path = head_weights_path(load_directory)
         if set(tensors) != set(expected):
             raise ValueError(
                 f"{path} holds a head with weights {sorted(tensors)}, but a `{self.decoder_type}` head needs "
@@ -137,27 +145,59 @@ def copy_full_tensor(param: torch.Tensor, value: torch.Tensor) -> None:
         param.copy_(value)
 
 
+def _score_weight_name(directory: str) -> str | None:
+    r"""The model tensor holding the head of a vLLM-layout export, None for IVCP's own layout."""
+    if os.path.isfile(os.path.join(directory, HEAD_WEIGHTS_NAME)):
+        return None
+
+    return (load_head_config(directory) or {}).get(SCORE_WEIGHT_KEY)
+
+
+def head_weights_path(directory: str) -> str:
+    r"""The file that holds the head's weights (for messages)."""
+    name = _score_weight_name(directory)
+    return (
+        os.path.join(directory, HEAD_WEIGHTS_NAME) if name is None else f"{model_tensor_file(directory, name)}:{name}"
+    )
+
+
+def model_tensor_file(directory: str, name: str) -> str:
+    r"""The safetensors file of a model folder (single file or sharded with an index) that holds tensor ``name``."""
+    index_path = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index_path):
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map", {})
+        if name not in weight_map:
+            raise ValueError(f"{index_path} lists no tensor {name!r}: the export is incomplete, export it again.")
+
+        return os.path.join(directory, weight_map[name])
+
+    return os.path.join(directory, "model.safetensors")
+
+
 def load_head_tensors(load_directory: str) -> dict[str, torch.Tensor]:
-    path = os.path.join(load_directory, HEAD_WEIGHTS_NAME)
+    r"""The head's weights (and ``<ACTION>`` embedding, when saved apart) from either layout."""
+    name = _score_weight_name(load_directory)
+    path = os.path.join(load_directory, HEAD_WEIGHTS_NAME) if name is None else model_tensor_file(load_directory, name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No action head found: {path} does not exist.")
 
     try:
-        return load_file(path, device="cpu")
+        if name is None:
+            return load_file(path, device="cpu")
+
+        with safe_open(path, "pt", device="cpu") as f:
+            tensors = {"net.weight": f.get_tensor(name)} if name in set(f.keys()) else None
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path} is corrupt or not a safetensors file ({err}): restore it or retrain.") from err
 
+    if tensors is None:
+        raise ValueError(f"{path} holds no tensor {name!r}, which {HEAD_CONFIG_NAME} names: export it again.")
+
+    return tensors
+
 
 def has_head(directory: str | None) -> bool:
-    return directory is not None and os.path.isfile(os.path.join(directory, HEAD_WEIGHTS_NAME))
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def _atomic_write(path: str, write) -> None:
-    tmp_path = f"{path}.tmp.{os.getpid()}"
-    write(tmp_path)
-    os.replace(tmp_path, path)
+    return directory is not None and (
+        os.path.isfile(os.path.join(directory, HEAD_WEIGHTS_NAME)) or _score_weight_name(directory) is not None
+    )

@@ -213,11 +213,12 @@ class ActionClassificationModel(nn.Module):
     def load_head(self, load_directory: str) -> None:
         r"""Load decoder weights and the ``<ACTION>`` embedding saved by :meth:`save_pretrained`."""
         action_embedding = self.action_decoder.load_pretrained(load_directory)
-        if action_embedding is not None:
-            if action_embedding.shape != self.action_embedding.shape:
-                raise ValueError(
-                    f"The {ACTION_TOKEN} embedding in {load_directory} has shape {tuple(action_embedding.shape)}, "
-                    f"the model needs {tuple(self.action_embedding.shape)}: the head was trained for another model."
-                )
+        if action_embedding is None:  # an export: the learned row was merged into the embedding table
+            action_embedding = self.backbone.get_input_embeddings().weight[self.action_token_id].detach().float()
+        elif action_embedding.shape != self.action_embedding.shape:
+            raise ValueError(
+                f"The {ACTION_TOKEN} embedding in {load_directory} has shape {tuple(action_embedding.shape)}, "
+                f"the model needs {tuple(self.action_embedding.shape)}: the head was trained for another model."
+            )
 
-            copy_full_tensor(self.action_embedding, action_embedding)
+        copy_full_tensor(self.action_embedding, action_embedding)

@@ -17,16 +17,16 @@ LLaMA Board's Evaluate tab sends every form field whether the user touched it or
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..log import get_logger
-from .action_decoder import HEAD_CONFIG_NAME
 
 
 logger = get_logger(__name__)
 
+HEAD_CONFIG_NAME = "action_decoder_config.json"
 PREPROCESSING = "preprocessing"
 
 
@@ -44,6 +44,7 @@ HEAD_OPTIONS: tuple[HeadOption, ...] = (
     HeadOption("num_action_classes", "num_classes", fixed=True),
     HeadOption(None, "hidden_size", fixed=True),
     HeadOption("action_decoder_type", "decoder_type", fixed=True),
+    HeadOption("action_decoder_bias", "bias", fixed=True),
     HeadOption("action_problem_type", "problem_type", fixed=True),
     HeadOption("action_hidden_layer", "hidden_layer", fixed=True),
     HeadOption("action_decoder_hidden_size", "decoder_hidden_size"),  # its weight shapes are checked at load
@@ -76,6 +77,26 @@ def load_head_config(load_directory: str) -> dict[str, Any] | None:
             return json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}): restore it from the training output.") from err
+
+
+def save_head_config(save_directory: str, config: Mapping[str, Any]) -> None:
+    r"""Write ``config`` as the head's config atomically (a crash never leaves half a file)."""
+    atomic_write(
+        os.path.join(save_directory, HEAD_CONFIG_NAME),
+        lambda path: _write_text(path, json.dumps(dict(config), indent=2, ensure_ascii=False) + "\n"),
+    )
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    r"""``write`` a temporary file beside ``path``, then move it in place: readers see the old file or the new."""
+    tmp_path = f"{path}.tmp.{os.getpid()}"
+    write(tmp_path)
+    os.replace(tmp_path, path)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _section(config: Mapping[str, Any], option: HeadOption) -> Mapping[str, Any]:

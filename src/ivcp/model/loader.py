@@ -169,6 +169,7 @@ def load_action_model(
         decoder_type=finetuning_args.action_decoder_type,
         decoder_hidden_size=finetuning_args.action_decoder_hidden_size,
         dropout=finetuning_args.action_decoder_dropout,
+        bias=finetuning_args.action_decoder_bias,
     )
     model = ActionClassificationModel(
         backbone=backbone,

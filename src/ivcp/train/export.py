@@ -3,7 +3,8 @@
 LLaMA-Factory's own export runs unchanged (dtype, shards, hub upload, tokenizer, processor, Modelfile); only its
 tokenizer and model loading are swapped for the call (by ``ivcp.integration``, where every patch lives): the tokenizer gains ``<ACTION>``, and the model it
 receives is the backbone with LoRA merged and the learned ``<ACTION>`` embedding written into its embedding table.
-The head and its config are then written next to the merged model.
+The head is then written into the folder in the layout vLLM serves (:mod:`.vllm_export`) when it can be, else as
+``action_decoder.safetensors`` next to the merged model.
 """
 
 from collections.abc import Callable
@@ -16,9 +17,14 @@ from peft import PeftModel
 
 from ..constants import ACTION_STAGE
 from ..hparams.flags import flags_to_dotlist
+from ..log import get_logger
 from ..model import ActionClassificationModel, add_action_token, load_action_model
 from ..model.head_config import head_arguments, load_head_config
 from ..model.loader import find_head_directory
+from .vllm_export import write_vllm_export
+
+
+logger = get_logger(__name__)
 
 
 def action_export_args(args: dict[str, Any] | list[str] | None) -> dict[str, Any] | None:
@@ -66,10 +72,18 @@ class ActionExport:
         return tokenizer_module
 
     def load_model(self, tokenizer, model_args, finetuning_args, is_trainable=False, add_valuehead=False):
+        self.tokenizer = tokenizer
         self.model = load_action_model(tokenizer, model_args, finetuning_args, is_trainable=False)
         return merged_backbone(self.model)
 
     def save_head(self, export_dir: str) -> None:
+        r"""The folder vLLM serves when the head allows it (:mod:`.vllm_export`), else the head beside the model."""
+        reason = write_vllm_export(export_dir, self.model, self.tokenizer)
+        if reason is None:
+            logger.info_rank0(f"Exported for vLLM: `vllm serve {export_dir} --runner pooling` serves it.")
+            return
+
+        logger.warning_rank0(f"vLLM cannot serve this export ({reason}); IVCP loads it.")
         self.model.action_decoder.save_pretrained(
             export_dir, action_embedding=self.model.action_embedding, extra_config=self.model.head_config()
         )
