@@ -11,9 +11,17 @@ tokens, positions), the ``<ACTION>`` embedding, the trainable set, the optimizer
 train/eval mode, and the first step's loss and gradients. ``accuracy`` trains both for each seed (the stage through
 ``llamafactory-cli train``, as a user runs it) and prints the held-out accuracies.
 
+``accuracy`` over many seeds is the multi-seed mode: each result is printed as it comes and appended to
+``<work_dir>/runs/results.jsonl``, then a table gives each seed, how many reach ``--pass_accuracy`` (0.9), the mean
+and the minimum; ``table`` prints it again from results.jsonl (for seeds split over several processes).
+``--generator diagonal`` uses the independent clips of :mod:`ivcp.demo.diagonal_videos`. ``trace`` trains the
+stage's own trainer in-process and the reference, writing per-step evidence (learning_trace.py): gradient norm per
+group, the clipping factor, how far each group moved, the spread of the pooled states. See docs/learning.md.
+
     python benchmarks/learning_parity.py compare
-    python benchmarks/learning_parity.py accuracy --seeds 42 1 2 --epochs 60
-    python benchmarks/learning_parity.py accuracy --seeds 42 --stage_set action_token_lr_scale=1.0
+    python benchmarks/learning_parity.py accuracy --seeds 1 2 3 4 5 6 7 8 9 10 --work_dir runs/motion
+    python benchmarks/learning_parity.py accuracy --seeds 42 --stage_set action_token_own_clip=false --tag _old
+    python benchmarks/learning_parity.py trace --seeds 4 --work_dir runs/motion
 """
 
 import argparse

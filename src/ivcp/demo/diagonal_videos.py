@@ -1,6 +1,6 @@
 """A second synthetic motion data set, independent of :mod:`.motion_videos`: a disc moving diagonally.
 
-Four classes (up-left, up-right, down-left, down-right); another frame size (48), speeds (2-4 pixels a frame on
+Four classes (up-left, up-right, down-left, down-right); another frame size (48), speeds (4-6 pixels a frame on
 each axis), shape (a disc, not a square), a static distractor square and a gradient background.
 The disc wraps around the frame edges and starts anywhere, so a single frame carries no class information: learning
 it shows that a recipe's seed stability is not a property of one generator (``benchmarks/learning_parity.py``).
@@ -26,8 +26,8 @@ _STEPS = {"up-left": (-1, -1), "up-right": (-1, 1), "down-left": (1, -1), "down-
 
 def _render_frames(diagonal: str, rng: "Generator", num_frames: int, size: int) -> np.ndarray:
     r"""Frames (num_frames, size, size, 3), uint8: a disc moving along ``diagonal`` past a static square."""
-    radius = float(rng.uniform(4.0, 8.0))
-    speed = int(rng.integers(2, 5))  # pixels per frame on each axis
+    radius = float(rng.uniform(7.0, 11.0))
+    speed = int(rng.integers(4, 7))  # pixels per frame on each axis
     colour = rng.integers(150, 256, size=3)
     top, bottom = rng.integers(0, 70, size=3), rng.integers(0, 70, size=3)
     background = top + (bottom - top) * np.linspace(0.0, 1.0, size)[:, None, None]  # a vertical gradient
