@@ -289,11 +289,10 @@ def train_stage(model_dir: str, data_dir: str, seed: int, args: argparse.Namespa
         accuracy = json.load(f)["eval_accuracy"]
     with open(os.path.join(output_dir, "trainer_log.jsonl"), encoding="utf-8") as f:
         losses = [record["loss"] for record in map(json.loads, f) if "loss" in record]
-    return {
-        "train_loss_last_logged": losses[-1],
-        "accuracy": accuracy,
-        "accuracy_by_reference_code": reference_accuracy_of(output_dir, model_dir, data_dir, args),
-    }
+    result = {"train_loss_last_logged": losses[-1], "accuracy": accuracy}
+    if not os.path.isfile(os.path.join(output_dir, "adapter_config.json")):  # the reference loads full models only
+        result["accuracy_by_reference_code"] = reference_accuracy_of(output_dir, model_dir, data_dir, args)
+    return result
 
 
 def reference_accuracy_of(output_dir: str, model_dir: str, data_dir: str, args: argparse.Namespace) -> float:
