@@ -290,7 +290,8 @@ def train_stage(model_dir: str, data_dir: str, seed: int, args: argparse.Namespa
     with open(os.path.join(output_dir, "trainer_log.jsonl"), encoding="utf-8") as f:
         losses = [record["loss"] for record in map(json.loads, f) if "loss" in record]
     result = {"train_loss_last_logged": losses[-1], "accuracy": accuracy}
-    if not os.path.isfile(os.path.join(output_dir, "adapter_config.json")):  # the reference loads full models only
+    if config.get("finetuning_type") == "full" and config.get("action_decoder_type", "linear") == "linear":
+        # the reference forward has a full model and a linear head: a LoRA adapter or an mlp head it cannot load
         result["accuracy_by_reference_code"] = reference_accuracy_of(output_dir, model_dir, data_dir, args)
     return result
 

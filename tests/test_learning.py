@@ -2,6 +2,12 @@
 
 This proves the gradient path video -> vision tower -> backbone -> <ACTION> hidden state -> head. It trains the
 shipped demo config (examples/demo) on freshly generated clips that the demo data never contained.
+
+One seed runs: the demo config's 42, on data seed 7. It stands for the others because the recipe's spread over seeds
+is measured where it is cheap to repeat, not here: docs/learning.md (``benchmarks/learning_parity.py accuracy``) trains
+this data and recipe (warmup 0.1 instead of the demo's 0.05) on seeds 1-SEEDS, all at >= 0.90 held-out accuracy with
+the default ``action_token_own_clip``; before it, seed 4 of the same data spent 11 epochs at chance (0.896). A failure
+here is a regression to look into, not a draw to retry.
 """
 
 import os
