@@ -36,6 +36,12 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 
+def _check_test_clips(test_clips: int) -> int:
+    if not isinstance(test_clips, int) or isinstance(test_clips, bool) or test_clips < 1:
+        raise ValueError(f"test_clips must be a positive integer, got {test_clips!r}.")
+    return test_clips
+
+
 class ActionClassifier:
     def __init__(
         self, model: "ActionClassificationModel", encoder: ActionDatasetProcessor, collator: ActionDataCollator
@@ -212,8 +218,7 @@ class ActionClassifier:
 
         Each is sampled with the whole frame budget (``video_fps``, ``video_maxlen``) by the reader's plan.
         """
-        if not isinstance(test_clips, int) or test_clips < 1:
-            raise ValueError(f"test_clips must be a positive integer, got {test_clips!r}.")
+        _check_test_clips(test_clips)
         try:
             duration = plan_video(video, *self.video_settings).duration
         except Exception as err:  # the reader names the file and says what to fix
@@ -259,7 +264,7 @@ class ActionClassifier:
         combine: str = "mean",
     ) -> Iterator[tuple[int, list[torch.Tensor | ActionDataError]]]:
         r"""(first video, its outcomes) per batch; a batch holds ``batch_size`` clips, whole videos' clips at least."""
-        step = max(1, batch_size // test_clips)
+        step = max(1, batch_size // _check_test_clips(test_clips))
         for start in tqdm(range(0, len(videos), step), disable=not progress, desc="Classifying", unit="batch"):
             yield start, self.classify_clips(videos[start : start + step], prompt, test_clips, combine)
 
