@@ -1,13 +1,18 @@
 """Long videos: clips that cover the whole file, multi-clip answers through the one decoder, and the timeline."""
 
 import itertools
+import os
+import pickle
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from ivcp.api.app import create_action_app
 from ivcp.data.video_reader import VideoWindow, plan_video
 from ivcp.demo.motion_videos import render_motion_frames, write_clip
+from ivcp.hparams.serving_args import ActionServingArguments
 from ivcp.inference import ActionClassifier
 from ivcp.model.decoding import combine_clips, decode, probabilities
 from ivcp.model.multi_label import MULTI_LABEL, SINGLE_LABEL
@@ -76,7 +81,7 @@ def test_multi_clip_answer_combines_the_clips(classifier, long_clips):
 
     by_max = classifier.predict(videos[0], test_clips=2, combine="max")
     assert by_max["classes"] != results[0]["classes"]
-    with pytest.raises(ValueError, match="test_clips"):
+    with pytest.raises(ValueError, match="number of test clips"):
         classifier.predict(videos[0], test_clips=0)
 
 
@@ -149,3 +154,42 @@ def test_combined_clips_decode_to_the_combined_probabilities(problem_type):
     assert decode(combine_clips(logits, problem_type)[None], problem_type)[0]["error_kind"] == "non_finite"
     with pytest.raises(ValueError, match="combination"):
         combine_clips(logits, problem_type, "median")
+
+
+def test_api_answers_equal_action_classifiers(classifier, long_clips):
+    videos = [paths[2] for paths in long_clips[:2]]
+    settings = ActionServingArguments(allowed_local_media_path=os.path.dirname(videos[0]), api_decode_processes=False)
+    with TestClient(create_action_app(classifier, settings, "motion")) as client:  # threads: no fork of pytest
+        clips = client.post("/v1/classify", json={"input": videos, "test_clips": 3, "top_k": 4})
+        timeline = client.post("/v1/classify", json={"input": videos[:1], "window": 1.0, "stride": 0.5})
+        refused = client.post("/v1/classify", json={"input": videos[:1], "window": 1.0, "stride": 0.01})
+        bad = client.post("/v1/classify", json={"input": videos[:1], "test_clips": 0})
+
+    assert clips.status_code == 200, clips.text
+    expected = classifier.predict(videos, test_clips=3, top_k=4)
+    for data, want in zip(clips.json()["data"], expected, strict=True):
+        assert data["predicted"] == want["predicted"] and data["label"] == want["name"]
+        for ours, theirs in zip(data["classes"], want["classes"], strict=True):
+            assert ours["class"] == theirs["class"]
+            assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
+    assert clips.json()["usage"]["prompt_tokens"] > 0
+
+    assert timeline.status_code == 200, timeline.text
+    data, want = timeline.json()["data"][0], classifier.timeline(videos[0], window=1.0, stride=0.5)
+    assert data["predicted"] == want["predicted"]
+    assert [s["class"] for s in data["timeline"]["segments"]] == [s["class"] for s in want["timeline"]["segments"]]
+    for ours, theirs in zip(data["timeline"]["windows"], want["timeline"]["windows"], strict=True):
+        assert (ours["start"], ours["end"]) == (theirs["start"], theirs["end"])
+        assert ours["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-5)
+
+    assert refused.status_code == 413 and "stride" in refused.json()["message"]
+    assert bad.status_code == 400 and "test_clips" in bad.json()["message"]
+
+
+def test_a_window_survives_pickling_into_decode_workers(long_clips):
+    window = VideoWindow(long_clips[0][2], 0.5, 1.5)
+    again = pickle.loads(pickle.dumps(window))
+    assert again == window and (again.start, again.end) == (0.5, 1.5)
+    assert again != VideoWindow(long_clips[0][2], 0.5, 1.0) and hash(again) == hash(window)
+    with pytest.raises(ValueError, match="start < end"):
+        VideoWindow(long_clips[0][2], 1.0, 1.0)

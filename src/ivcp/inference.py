@@ -6,7 +6,6 @@ settings saved in the head's config, so what is served is what was trained.
 """
 
 import copy
-import itertools
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from .model import load_action_model, load_action_tokenizer
 from .model.decoding import class_names, combine_clips, decode
 from .model.head_config import head_arguments, load_head_config
 from .model.loader import find_head_directory
-from .model.timeline import timeline_result, timeline_windows
+from .model.timeline import clip_windows, timeline_result, timeline_windows
 from .stage_patches import register_stage as register
 
 
@@ -34,12 +33,6 @@ if TYPE_CHECKING:
 
 
 logger = get_logger(__name__)
-
-
-def _check_test_clips(test_clips: int) -> int:
-    if not isinstance(test_clips, int) or isinstance(test_clips, bool) or test_clips < 1:
-        raise ValueError(f"test_clips must be a positive integer, got {test_clips!r}.")
-    return test_clips
 
 
 class ActionClassifier:
@@ -218,14 +211,14 @@ class ActionClassifier:
 
         Each is sampled with the whole frame budget (``video_fps``, ``video_maxlen``) by the reader's plan.
         """
-        _check_test_clips(test_clips)
+        return [VideoWindow(video, start, end) for start, end in clip_windows(self.duration(video), test_clips)]
+
+    def duration(self, video: str) -> float:
+        r"""Seconds of ``video`` by the reader's plan; an ActionDataError naming the file if it cannot be read."""
         try:
-            duration = plan_video(video, *self.video_settings).duration
+            return plan_video(video, *self.video_settings).duration
         except Exception as err:  # the reader names the file and says what to fix
             raise media_error(err, None, video) from err
-
-        bounds = [duration * k / test_clips for k in range(test_clips)] + [duration]
-        return [VideoWindow(video, start, end) for start, end in itertools.pairwise(bounds)]
 
     def classify_clips(
         self, videos: list[str], prompt: str = DEFAULT_PROMPT, test_clips: int = 1, combine: str = "mean"
@@ -264,7 +257,8 @@ class ActionClassifier:
         combine: str = "mean",
     ) -> Iterator[tuple[int, list[torch.Tensor | ActionDataError]]]:
         r"""(first video, its outcomes) per batch; a batch holds ``batch_size`` clips, whole videos' clips at least."""
-        step = max(1, batch_size // _check_test_clips(test_clips))
+        clip_windows(1.0, test_clips)  # a bad count fails before any video is read
+        step = max(1, batch_size // test_clips)
         for start in tqdm(range(0, len(videos), step), disable=not progress, desc="Classifying", unit="batch"):
             yield start, self.classify_clips(videos[start : start + step], prompt, test_clips, combine)
 
@@ -350,11 +344,10 @@ class ActionClassifier:
         per window.
         """
         try:
-            duration = plan_video(video, *self.video_settings).duration
-        except Exception as err:  # noqa: BLE001  (the reader names the file and what to fix)
-            return self.result(video, media_error(err, None, video), top_k)
+            spans = timeline_windows(self.duration(video), window, stride)
+        except ActionDataError as err:
+            return self.result(video, err, top_k)
 
-        spans = timeline_windows(duration, window, stride)
         clips = [VideoWindow(video, start, end) for start, end in spans]
         rows = [
             row

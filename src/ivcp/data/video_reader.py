@@ -77,6 +77,9 @@ class VideoWindow(str):
         same_window = isinstance(other, VideoWindow) and (self.start, self.end) == (other.start, other.end)
         return same_window and str.__eq__(self, other)
 
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
     def __hash__(self) -> int:
         return hash((str(self), self.start, self.end))
 

@@ -1,10 +1,11 @@
 """A video's timeline: which class when, from the probabilities of windows slid over it.
 
-:func:`timeline_windows` places the windows (``window`` seconds every ``stride`` seconds, the last one ending at the
+:func:`clip_windows` cuts a video into the clips of a multi-clip answer; :func:`timeline_windows` places the windows (``window`` seconds every ``stride`` seconds, the last one ending at the
 video's end, so every moment is in some window); :func:`merge_segments` joins consecutive windows whose class is the
 same into ``{start, end, label, score}`` segments. The probabilities come from :mod:`ivcp.model.decoding`.
 """
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,15 @@ import torch
 
 from .decoding import chosen, combine_clips, decode, finite_rows, non_finite_result, probabilities
 from .multi_label import MULTI_LABEL
+
+
+def clip_windows(duration: float, clips: int) -> list[tuple[float, float]]:
+    r"""(start, end) seconds of ``clips`` contiguous clips of equal length from 0 to ``duration`` (no gap)."""
+    if not isinstance(clips, int) or isinstance(clips, bool) or clips < 1:
+        raise ValueError(f"the number of test clips must be a positive integer, got {clips!r}.")
+
+    bounds = [duration * k / clips for k in range(clips)] + [duration]
+    return list(itertools.pairwise(bounds))
 
 
 def timeline_windows(duration: float, window: float, stride: float | None = None) -> list[tuple[float, float]]:
