@@ -10,6 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from ivcp.api.app import create_action_app
+from ivcp.data import video_reader
 from ivcp.data.video_reader import VideoWindow, plan_video
 from ivcp.demo.motion_videos import render_motion_frames, write_clip
 from ivcp.hparams.serving_args import ActionServingArguments
@@ -193,3 +194,24 @@ def test_a_window_survives_pickling_into_decode_workers(long_clips):
     assert again != VideoWindow(long_clips[0][2], 0.5, 1.0) and hash(again) == hash(window)
     with pytest.raises(ValueError, match="start < end"):
         VideoWindow(long_clips[0][2], 1.0, 1.0)
+
+
+def test_the_clips_of_a_video_are_decoded_in_one_pass(long_clips, monkeypatch):
+    decoded = []
+    original = video_reader._decoded
+
+    def counted(*args, **kwargs):
+        for frame in original(*args, **kwargs):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(video_reader, "_decoded", counted)
+    video = long_clips[0][2]  # 16 frames, one keyframe: a clip alone decodes from the first frame
+    plans = [plan_video(VideoWindow(video, start, start + 0.5), 8, 4) for start in (0.0, 0.5, 1.0, 1.5)]
+    alone = [video_reader.read_frames(plan) for plan in plans]
+    assert len(decoded) > plans[0].frames_in_file
+    decoded.clear()
+    together = video_reader.read_plans(plans)
+    assert len(decoded) == len(set(decoded)) <= plans[0].frames_in_file  # each frame once
+    for ours, theirs in zip(together, alone, strict=True):
+        assert [np.asarray(image).tobytes() for image in ours] == [np.asarray(image).tobytes() for image in theirs]

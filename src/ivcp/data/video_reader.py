@@ -21,7 +21,7 @@ import bisect
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -428,3 +428,40 @@ def read_frames(plan: VideoPlan, max_pixels: int | None = None) -> list["Image"]
     With ``max_pixels``, larger frames are shrunk to it (keeping their aspect ratio) as they are converted.
     """
     return decode_frames(plan, lambda frame: _upright(frame, plan.rotation, max_pixels))
+
+
+def _union(plans: list[VideoPlan]) -> VideoPlan:
+    r"""One plan holding the samples of ``plans`` (of one file), in order, each once."""
+    samples = {}
+    for plan in plans:
+        samples.update(zip(plan.sample_indices, zip(plan.timestamps, plan.sample_pts)))
+    order = sorted(samples)
+    return replace(
+        plans[0],
+        sample_indices=tuple(order),
+        timestamps=tuple(samples[i][0] for i in order),
+        sample_pts=tuple(samples[i][1] for i in order),
+        window=None,
+    )
+
+
+def read_plans(plans: list[VideoPlan], max_pixels: int | None = None) -> list[list["Image"]]:
+    r"""The frames of each plan, as :func:`read_frames` gives them; the plans of one file are decoded in one pass.
+
+    The clips or timeline windows of one video in a batch so cost one decode of the frames they need, each frame
+    decoded once, instead of one decode per clip from the keyframe before it.
+    """
+    by_path: dict[str, list[int]] = {}
+    for i, plan in enumerate(plans):
+        by_path.setdefault(plan.path, []).append(i)
+
+    frames: list[list[Image] | None] = [None] * len(plans)
+    for members in by_path.values():
+        if len(members) == 1:
+            frames[members[0]] = read_frames(plans[members[0]], max_pixels)
+            continue
+        union = _union([plans[i] for i in members])
+        decoded = dict(zip(union.sample_indices, read_frames(union, max_pixels)))
+        for i in members:
+            frames[i] = [decoded[index] for index in plans[i].sample_indices]
+    return frames
