@@ -1,6 +1,7 @@
 """Long videos: clips that cover the whole file, multi-clip answers through the one decoder, and the timeline."""
 
 import itertools
+import json
 import os
 import pickle
 
@@ -10,6 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from ivcp.api.app import create_action_app
+from ivcp.cli import main
 from ivcp.data import video_reader
 from ivcp.data.video_reader import VideoWindow, plan_video
 from ivcp.demo.motion_videos import render_motion_frames, write_clip
@@ -215,3 +217,23 @@ def test_the_clips_of_a_video_are_decoded_in_one_pass(long_clips, monkeypatch):
     assert len(decoded) == len(set(decoded)) <= plans[0].frames_in_file  # each frame once
     for ours, theirs in zip(together, alone, strict=True):
         assert [np.asarray(image).tobytes() for image in ours] == [np.asarray(image).tobytes() for image in theirs]
+
+
+def test_show_frames_shows_each_clip_and_window(long_clips, tmp_path, capsys):
+    video = long_clips[0][2]  # 2 s, 16 frames
+    for flags, windows in (
+        (["--test_clips", "2"], [[0.0, 1.0], [1.0, 2.0]]),
+        (["--window", "1", "--stride", "0.5"], [[0.0, 1.0], [0.5, 1.5], [1.0, 2.0]]),
+    ):
+        with pytest.raises(SystemExit) as code:
+            main(["show-frames", video, "--video_fps", "8", "--video_maxlen", "4", "--json", *flags])
+        assert code.value.code == 0
+        shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [info["window"] for info in shown] == windows
+        for info in shown:
+            assert len(info["sampled_frames"]) == 4
+            assert all(info["window"][0] <= t < info["window"][1] for t in info["timestamps"])
+
+    with pytest.raises(SystemExit):
+        main(["show-frames", video, "--test_clips", "2", "--sheet", str(tmp_path / "sheets")])
+    assert sorted(os.listdir(tmp_path / "sheets")) == ["0_ab.mp4.part0.png", "0_ab.mp4.part1.png"]
