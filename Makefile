@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 # OMP_NUM_THREADS is set: `make test OMP_NUM_THREADS=2`; `make test PYTEST_WORKERS=0` runs without xdist.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/python scripts/run_demo.py
 
+# The LLaMA Board test drives Debian's chromium (Playwright uses it as it is: no `playwright install`); as root, or
+# install `chromium chromium-driver` yourself first.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
 test: export OMP_NUM_THREADS ?= 1
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests scripts benchmarks
 	$(VENV)/bin/python -m pytest -v -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 

@@ -40,6 +40,23 @@ def motion_data(tmp_path_factory) -> str:
     return data_dir
 
 
+@pytest.fixture(scope="session")
+def trained(tiny_model, motion_data, tmp_path_factory) -> tuple[Path, list[dict[str, Any]]]:
+    r"""One tiny LoRA classifier for the inference tests, and the trainer's own predictions on motion_test."""
+    work_dir = tmp_path_factory.mktemp("inference")
+    config = base_config(
+        tiny_model,
+        motion_data,
+        str(work_dir / "out"),
+        eval_dataset="motion_test",
+        do_predict=True,
+        per_device_eval_batch_size=3,
+    )
+    run_cli(config, work_dir)
+    with open(work_dir / "out" / "predictions.jsonl", encoding="utf-8") as f:
+        return work_dir / "out", [json.loads(line) for line in f]
+
+
 def base_config(model_dir: str, data_dir: str, output_dir: str, **overrides: Any) -> dict[str, Any]:
     config = motion_stage_config(
         model_dir,

@@ -1,8 +1,8 @@
 """Run by test_fsdp.py under torchrun (2 CPU processes, gloo): FSDP2 on the action model, one step, a full save.
 
 HF Trainer's FSDP route needs an accelerator, so the pieces IVCP relies on are exercised with raw FSDP2 here: the
-wrap policy from ``_no_split_modules``, the <ACTION> lr group on sharded parameters, and ``save_pretrained`` from
-the gathered FULL_STATE_DICT.
+wrap policy from ``_no_split_modules``, the <ACTION> lr group on sharded parameters, ``save_pretrained`` from
+the gathered FULL_STATE_DICT, and ``load_head`` (resume) into a sharded head.
 """
 
 import sys
@@ -50,7 +50,7 @@ def shard(model: ActionClassificationModel) -> None:
     fully_shard(model)
 
 
-def main(model_dir: str, output_dir: str) -> None:
+def main(model_dir: str, output_dir: str, reload_path: str) -> None:
     dist.init_process_group("gloo")
     model = build_model(model_dir)
     model.backbone.get_output_embeddings().weight.requires_grad_(False)
@@ -59,10 +59,19 @@ def main(model_dir: str, output_dir: str) -> None:
     state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() == 0:
         model.save_pretrained(output_dir, state_dict=state_dict)
+    dist.barrier()
+
+    # resume: the saved head and <ACTION> row loaded into a fresh model whose head is sharded (DTensor parameters)
+    fresh = build_model(model_dir)
+    shard(fresh)
+    fresh.load_head(output_dir)
+    reloaded = get_model_state_dict(fresh, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        torch.save({key: value for key, value in reloaded.items() if not key.startswith("backbone.")}, reload_path)
 
     dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

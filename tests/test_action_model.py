@@ -149,3 +149,18 @@ def test_a_copied_action_processor_keeps_its_own_settings(tiny_model):
     other.video_fps, other.video_maxlen = 4.0, 4
     assert (original.video_fps, other.video_fps, other.video_maxlen) == (2.0, 4.0, 4)
     assert type(other) is type(original) and other.video_processor is not None
+
+
+def test_lora_state_restores_without_frozen_base_not_without_trained_weights(tiny_model, motion_data, tmp_path):
+    r"""DeepSpeed reloads a LoRA run's engine checkpoint (frozen base left out) with ``strict=True``."""
+    model, _, _ = _setup(tiny_model, motion_data, tmp_path)
+    trained = {name for name, param in model.named_parameters() if param.requires_grad}
+    state = {key: value.clone() for key, value in model.state_dict().items() if key in trained}
+    assert len(state) < len(model.state_dict())  # the frozen base is not in it
+    state["action_embedding"] += 1.0
+    model.load_state_dict(state)
+    assert torch.equal(model.action_embedding, state["action_embedding"])
+
+    lora_key = next(key for key in state if "lora_A" in key)
+    with pytest.raises(RuntimeError, match=lora_key):
+        model.load_state_dict({key: value for key, value in state.items() if key != lora_key})

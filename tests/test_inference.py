@@ -9,24 +9,7 @@ from ivcp.data.context import ActionDataError, media_error
 from ivcp.inference import ActionClassifier
 from ivcp.model.action_model import last_token_positions
 
-from .conftest import base_config, run_cli, run_command, write_broken_videos, write_late_damaged_video
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_model, motion_data, tmp_path_factory):
-    r"""A LoRA run that also wrote the trainer's predictions on motion_test."""
-    work_dir = tmp_path_factory.mktemp("inference")
-    config = base_config(
-        tiny_model,
-        motion_data,
-        str(work_dir / "out"),
-        eval_dataset="motion_test",
-        do_predict=True,
-        per_device_eval_batch_size=3,
-    )
-    run_cli(config, work_dir)
-    with open(work_dir / "out" / "predictions.jsonl", encoding="utf-8") as f:
-        return work_dir / "out", [json.loads(line) for line in f]
+from .conftest import run_command, write_broken_videos, write_late_damaged_video
 
 
 def test_api_predictions_equal_the_trainers(tiny_model, trained):

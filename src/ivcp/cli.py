@@ -10,6 +10,11 @@
 
     ivcp classify --model Qwen/Qwen2-VL-2B-Instruct --adapter output/action_cls_model clip1.mp4 clip2.mp4
     ivcp classify --model output/full_model --video_list videos.txt --output predictions.jsonl --top_k 5
+    torchrun --nproc_per_node 4 -m ivcp classify --model M --adapter A --glob 'clips/**/*.mp4' --output out.jsonl
+    ivcp classify --model M --adapter A --manifest videos.csv --output out.jsonl --num_shards 100 --shard_index 7
+    ivcp classify --model M --adapter A --dataset my_unlabelled --dataset_dir data --ray auto --output out_dir
+
+Rerunning the same command resumes: videos already in the output are skipped (see docs/classify_at_scale.md).
 
 ``ivcp show-frames``: which frames of each video the model sees (``--json``, ``--sheet DIR``).
 
@@ -20,44 +25,89 @@ For a whole registered dataset (with labels and metrics), use ``llamafactory-cli
 """
 
 import argparse
-import json
 import sys
 from typing import Any
 
 import yaml
 
 from . import show_frames
-from .constants import DEFAULT_PROMPT
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from .inference import ActionClassifier
+    from .batch.inputs import list_inputs
+    from .batch.ranks import Placement
+    from .batch.runner import Job, classify_items
+    from .data.prompt import user_prompt
 
-    videos = list(args.videos)
-    if args.video_list:
-        with open(args.video_list, encoding="utf-8") as f:
-            videos += [line.strip() for line in f if line.strip()]
-    if not videos:
-        raise SystemExit("Give videos as arguments or in --video_list.")
+    try:
+        prompt = user_prompt(args.prompt)
+        placement = Placement.from_env(args.num_shards, args.shard_index)
+        inputs = list_inputs(
+            prompt,
+            args.videos,
+            args.video_list,
+            args.glob,
+            args.manifest,
+            args.video_column,
+            args.dataset,
+            args.dataset_dir,
+            args.media_dir,
+        )
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"ivcp classify: {err}") from err
+    if not inputs.items:
+        raise SystemExit(
+            "ivcp classify: no videos: give them as arguments, --video_list, --glob, --manifest or --dataset."
+        )
+    if inputs.duplicates and placement.rank == 0:
+        print(
+            f"ivcp classify: {inputs.duplicates} videos listed twice or more: each is classified once.",
+            file=sys.stderr,
+        )
 
-    overrides = _parse_settings(args.set)
-    classifier = ActionClassifier.from_pretrained(args.model, adapter=args.adapter, **overrides)
-    results = classifier.iter_predict(
-        videos, top_k=args.top_k, prompt=args.prompt, batch_size=args.batch_size, progress=True
+    settings = _parse_settings(args.set)
+    if args.ray is not None:
+        return _classify_with_ray(args, inputs.items, settings)
+
+    def load_classifier() -> Any:
+        import torch
+
+        from .inference import ActionClassifier
+
+        device = f"cuda:{placement.local_rank}" if placement.world_size > 1 and torch.cuda.is_available() else None
+        return ActionClassifier.from_pretrained(args.model, adapter=args.adapter, device=device, **settings)
+
+    job = Job(args.output, args.top_k, args.batch_size, args.decode_workers)
+    try:
+        return classify_items(load_classifier, inputs.items, job, placement)
+    except KeyboardInterrupt:
+        print("ivcp classify: interrupted; rerun the same command to classify the rest.", file=sys.stderr)
+        return 130
+
+
+def _classify_with_ray(args: argparse.Namespace, items: list, settings: dict[str, Any]) -> int:
+    import ray
+
+    from .batch.ray_data import classify_with_ray
+
+    if not args.output:
+        raise SystemExit("ivcp classify --ray: give --output, the folder Ray writes its files into.")
+    ray.init(address=None if args.ray == "local" else args.ray)
+    classify_with_ray(
+        items,
+        args.output,
+        args.model,
+        args.adapter,
+        settings,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        num_gpus=args.num_gpus,
+        concurrency=args.concurrency,
+        decode_concurrency=args.decode_workers,
+        output_format=args.output_format,
     )
-    failed = 0
-    with open(args.output, "w", encoding="utf-8") if args.output else sys.stdout as f:
-        for result in results:  # each line is on disk once written: a crash or Ctrl-C loses nothing before it
-            f.write(json.dumps(result, ensure_ascii=False) + "\n")
-            f.flush()
-            if "error" in result:
-                failed += 1
-                print(f"ivcp classify: {result['error']}", file=sys.stderr)
-
-    print(
-        f"ivcp classify: {len(videos) - failed} of {len(videos)} videos classified, {failed} failed.", file=sys.stderr
-    )
-    return 1 if failed else 0
+    print(f"ivcp classify: {len(items)} videos classified by Ray into {args.output}/.", file=sys.stderr)
+    return 0
 
 
 CHECK_FLAGS = {  # flag -> LLaMA-Factory argument
@@ -118,6 +168,58 @@ def _add_check_data(commands: Any) -> None:
     check.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other LLaMA-Factory arguments")
 
 
+def _add_classify_arguments(classify: argparse.ArgumentParser) -> None:
+    inputs = classify.add_argument_group("videos (any mix; each video is classified once)")
+    inputs.add_argument("videos", nargs="*", help="video files")
+    inputs.add_argument("--video_list", default=None, help="a text file with one video path per line")
+    inputs.add_argument("--glob", default=None, help="a quoted pattern such as 'clips/**/*.mp4' (sorted)")
+    inputs.add_argument("--manifest", default=None, help="a .jsonl or .csv file; its other columns join the output")
+    inputs.add_argument("--video_column", default="video", help="the manifest's video column (default: video)")
+    inputs.add_argument("--dataset", default=None, help="a registered dataset, labelled or not (its own prompts)")
+    inputs.add_argument("--dataset_dir", default="data", help="where its dataset_info.json is (default: data)")
+    inputs.add_argument(
+        "--media_dir", default=None, help="what its video paths are relative to (default: dataset_dir)"
+    )
+
+    classify.add_argument("--model", required=True, help="base model (LoRA) or the trained model folder (full)")
+    classify.add_argument("--adapter", default=None, help="output_dir of a LoRA action_cls run")
+    classify.add_argument(
+        "--output", default=None, help="JSONL file: rerunning the same command resumes it (default: standard output)"
+    )
+    classify.add_argument("--top_k", type=int, default=5)
+    classify.add_argument("--batch_size", type=int, default=8)
+    classify.add_argument(
+        "--decode_workers", type=int, default=2, help="processes decoding the next batches (0: decode in the loop)"
+    )
+    classify.add_argument(
+        "--prompt",
+        default=None,
+        help="the question (<video> and <ACTION> are added, as the API does), or a whole user turn as the data has it",
+    )
+    classify.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="LLaMA-Factory model/data arguments, e.g. video_fps=2",
+    )
+
+    scale = classify.add_argument_group("at scale (see docs/classify_at_scale.md)")
+    scale.add_argument("--num_shards", type=int, default=1, help="split the videos into this many array-job shards")
+    scale.add_argument("--shard_index", type=int, default=0, help="the shard this job classifies (0-based)")
+    scale.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster ('local': start one)",
+    )
+    scale.add_argument("--num_gpus", type=float, default=1.0, help="Ray: GPUs per model actor (0 on CPU)")
+    scale.add_argument("--concurrency", type=int, default=1, help="Ray: model actors")
+    scale.add_argument("--output_format", choices=("jsonl", "parquet"), default="jsonl", help="Ray: file format")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ivcp", description="IVCP tools for the action_cls stage.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,25 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    classify.add_argument("videos", nargs="*", help="video files")
-    classify.add_argument("--model", required=True, help="base model (LoRA) or the trained model folder (full)")
-    classify.add_argument("--adapter", default=None, help="output_dir of a LoRA action_cls run")
-    classify.add_argument("--video_list", default=None, help="a text file with one video path per line")
-    classify.add_argument("--output", default=None, help="JSONL file (default: standard output)")
-    classify.add_argument("--top_k", type=int, default=5)
-    classify.add_argument("--batch_size", type=int, default=8)
-    classify.add_argument(
-        "--prompt",
-        default=DEFAULT_PROMPT,
-        help="user prompt with <video> and, after it, <ACTION> (default: %(default)s)",
-    )
-    classify.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="LLaMA-Factory model/data arguments, e.g. video_fps=2",
-    )
+    _add_classify_arguments(classify)
     _add_check_data(commands)
     show_frames.add_parser(commands)
     args = parser.parse_args(argv)

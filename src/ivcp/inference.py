@@ -25,6 +25,7 @@ from .model.decoding import class_names, combine_clips, decode
 from .model.head_config import head_arguments, load_head_config
 from .model.loader import find_head_directory
 from .model.timeline import clip_windows, timeline_result, timeline_windows
+from .stage_patches import model_loading_options
 from .stage_patches import register_stage as register
 
 
@@ -33,6 +34,20 @@ if TYPE_CHECKING:
 
 
 logger = get_logger(__name__)
+
+
+def _weights_dtype(name: str | torch.dtype) -> torch.dtype | None:
+    r"""``torch_dtype`` / ``infer_dtype`` as a dtype; None for ``auto`` (the checkpoint's own)."""
+    if isinstance(name, torch.dtype) or name == "auto":
+        return None if name == "auto" else name
+
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(
+            f"`torch_dtype: {name}` is not a floating-point dtype: use auto, bfloat16, float16 or float32."
+        )
+
+    return dtype
 
 
 class ActionClassifier:
@@ -51,9 +66,18 @@ class ActionClassifier:
         adapter: str | None = None,
         action_decoder_path: str | None = None,
         device: str | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        max_memory: dict[Any, Any] | None = None,
+        torch_dtype: str | torch.dtype | None = None,
         **kwargs: Any,
     ) -> "ActionClassifier":
-        r"""Load base model (+ adapter) and head; ``kwargs`` are LLaMA-Factory model/data arguments to override."""
+        r"""Load base model (+ adapter) and head; ``kwargs`` are LLaMA-Factory model/data arguments to override.
+
+        Placement as LLaMA-Factory's inference: ``device_map`` ``"auto"`` (the default: spread over the GPUs, then
+        CPU and disk), a dict, or ``device`` for one device; ``max_memory`` caps each device; ``torch_dtype`` (or
+        LLaMA-Factory's ``infer_dtype``) the weights' dtype, the checkpoint's by default. The head joins the last
+        layer's device.
+        """
         register()
         head_directory = find_head_directory(action_decoder_path, [adapter] if adapter else None, model_name_or_path)
         head_config = load_head_config(head_directory) if head_directory else None
@@ -72,12 +96,15 @@ class ActionClassifier:
             **head_arguments(head_config, kwargs),  # the user's arguments win (see ivcp.model.head_config)
         }
         model_args, data_args, finetuning_args, _ = get_infer_args({k: v for k, v in args.items() if v is not None})
-        model_args.device_map = None  # one device, chosen below: "auto" would shard the tiny head away
+        if device_map is not None or device is not None:  # else LLaMA-Factory's inference default, "auto"
+            model_args.device_map = device_map if device_map is not None else {"": device}
+        dtype = _weights_dtype(torch_dtype if torch_dtype is not None else model_args.infer_dtype)
         tokenizer_module, template = load_action_tokenizer(model_args, data_args)
-        model = load_action_model(
-            tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False, data_args=data_args
-        )
-        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        with model_loading_options(max_memory=max_memory, dtype=dtype):
+            model = load_action_model(
+                tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False, data_args=data_args
+            )
+        model.place_head()  # the backbone is already where device_map put it: never moved as a whole
         encoder = ActionDatasetProcessor(
             template=template,
             data_args=data_args,
@@ -173,7 +200,7 @@ class ActionClassifier:
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         r"""Class logits of a collated batch, on the CPU."""
-        device = next(self.model.action_decoder.parameters()).device
+        device = self.model.input_device
         batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
         return self.model(**batch).logits.float().cpu()
 
@@ -202,7 +229,12 @@ class ActionClassifier:
 
     def classify_batch(self, videos: list[str], prompt: str = DEFAULT_PROMPT) -> list[torch.Tensor | ActionDataError]:
         r"""Per video, its row of logits or the error that stopped it (the others are still classified)."""
-        batch, outcomes = self.prepare(videos, [prompt] * len(videos))
+        return self.classify_prepared(*self.prepare(videos, [prompt] * len(videos)))
+
+    def classify_prepared(
+        self, batch: dict[str, Any] | None, outcomes: list[int | ActionDataError]
+    ) -> list[torch.Tensor | ActionDataError]:
+        r"""What :meth:`classify_batch` returns, from what :meth:`prepare` returned (maybe in another process)."""
         rows = iter(self.forward(batch) if batch is not None else [])
         return [outcome if isinstance(outcome, ActionDataError) else next(rows) for outcome in outcomes]
 
@@ -220,32 +252,52 @@ class ActionClassifier:
         except Exception as err:  # the reader names the file and says what to fix
             raise media_error(err, None, video) from err
 
+    def split_clips(self, videos: list[str], test_clips: int) -> tuple[list[VideoWindow], list[int | ActionDataError]]:
+        r"""The clips of ``videos`` in order, and per video its number of clips or the error that stopped it.
+
+        With :meth:`join_clips` around :meth:`prepare` / :meth:`classify_prepared`, a batch runner classifies the
+        clips wherever it prepares videos (``ivcp.batch`` prepares in forked workers).
+        """
+        clips: list[VideoWindow] = []
+        layout: list[int | ActionDataError] = []
+        for video in videos:
+            try:
+                windows = self.clip_windows(video, test_clips)
+            except ActionDataError as err:
+                layout.append(err)
+                continue
+            clips.extend(windows)
+            layout.append(len(windows))
+        return clips, layout
+
+    def join_clips(
+        self, layout: list[int | ActionDataError], rows: list[torch.Tensor | ActionDataError], combine: str = "mean"
+    ) -> list[torch.Tensor | ActionDataError]:
+        r"""Per video, its clips' ``rows`` combined by :func:`ivcp.model.decoding.combine_clips`, or the first error."""
+        rows = iter(rows)
+        outcomes = []
+        for entry in layout:
+            if isinstance(entry, ActionDataError):
+                outcomes.append(entry)
+                continue
+            clip_rows = [next(rows) for _ in range(entry)]
+            error = next((row for row in clip_rows if isinstance(row, ActionDataError)), None)
+            outcomes.append(error or combine_clips(torch.stack(clip_rows), self.model.problem_type, combine))
+        return outcomes
+
     def classify_clips(
         self, videos: list[str], prompt: str = DEFAULT_PROMPT, test_clips: int = 1, combine: str = "mean"
     ) -> list[torch.Tensor | ActionDataError]:
         r"""Per video, one row of logits for its ``test_clips`` clips together (see :meth:`clip_windows`).
 
-        The clips of all ``videos`` go through the model as one batch; they are combined by
-        :func:`ivcp.model.decoding.combine_clips`. A video any clip of which fails gets that clip's error. With one
-        clip this is :meth:`classify_batch` itself.
+        The clips of all ``videos`` go through the model as one batch. A video any clip of which fails gets that
+        clip's error. With one clip this is :meth:`classify_batch` itself.
         """
         if test_clips == 1:
             return self.classify_batch(videos, prompt)
 
-        outcomes: list[Any] = []
-        for video in videos:
-            try:
-                outcomes.append(self.clip_windows(video, test_clips))
-            except ActionDataError as err:
-                outcomes.append(err)
-        clips = [clip for outcome in outcomes if isinstance(outcome, list) for clip in outcome]
-        rows = iter(self.classify_batch(clips, prompt) if clips else [])
-        for i, outcome in enumerate(outcomes):
-            if isinstance(outcome, list):
-                clip_rows = [next(rows) for _ in outcome]
-                error = next((row for row in clip_rows if isinstance(row, ActionDataError)), None)
-                outcomes[i] = error or combine_clips(torch.stack(clip_rows), self.model.problem_type, combine)
-        return outcomes
+        clips, layout = self.split_clips(videos, test_clips)
+        return self.join_clips(layout, self.classify_batch(clips, prompt) if clips else [], combine)
 
     def _batches(
         self,

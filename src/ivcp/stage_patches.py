@@ -47,7 +47,7 @@ REQUIRED_NAMES = {
     "llamafactory.data.template": ["TEMPLATES"],
     "llamafactory.data.processor.processor_utils": ["DatasetProcessor"],
     "llamafactory.model.model_utils.embedding": ["resize_embedding_layer"],
-    "llamafactory.model.loader": ["init_adapter"],
+    "llamafactory.model.loader": ["init_adapter", "patch_config"],
     "llamafactory.train.callbacks": ["LogCallback", "ReporterCallback", "SaveProcessorCallback"],
     "llamafactory.train.trainer_utils": ["create_custom_optimizer", "create_custom_scheduler"],
     "llamafactory.api.app": ["run_api"],
@@ -111,6 +111,30 @@ def swapped(owner: Any, **replacements: Callable) -> Iterator[None]:
     finally:
         for name, original in originals.items():
             setattr(owner, name, original)
+
+
+@contextmanager
+def model_loading_options(max_memory: dict[Any, Any] | None = None, dtype: Any = None) -> Iterator[None]:
+    r"""Hand LLaMA-Factory's ``load_model`` what it does not pass to ``from_pretrained``, for the loads within.
+
+    It passes no ``max_memory``, an offload folder only for ``device_map: auto`` (a map with ``disk`` entries needs
+    one too) and always ``torch_dtype="auto"``, which reads ``config.dtype``: so the dtype is set there.
+    """
+    from llamafactory.model import loader as model_loader
+
+    original = model_loader.patch_config
+
+    def patch_config(config, tokenizer, model_args, init_kwargs, is_trainable) -> None:
+        original(config, tokenizer, model_args, init_kwargs, is_trainable)
+        if "device_map" in init_kwargs:
+            init_kwargs.setdefault("offload_folder", model_args.offload_folder)
+            if max_memory is not None:
+                init_kwargs["max_memory"] = max_memory
+        if dtype is not None:
+            config.dtype = dtype
+
+    with swapped(model_loader, patch_config=patch_config):
+        yield
 
 
 def _swap_finetuning_arguments() -> None:

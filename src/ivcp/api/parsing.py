@@ -17,6 +17,7 @@ from llamafactory.extras.constants import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, 
 from pydantic import ValidationError
 
 from ..constants import DEFAULT_PROMPT
+from ..data.prompt import wrap_question
 from ..model.action_decoder import ACTION_TOKEN
 from .protocol import ClassificationRequest, error_body
 
@@ -103,8 +104,7 @@ def videos_and_prompt(
     if len(videos) != 1:
         raise InputError(f"the chat form takes one video_url per request, got {len(videos)}.", 400)
 
-    text = " ".join(text for text in texts if text).strip()
-    return videos, f"<video>{text}{ACTION_TOKEN}" if text else DEFAULT_PROMPT
+    return videos, wrap_question(" ".join(text for text in texts if text))
 
 
 def _item_url(item: Any, description: str) -> str | InputError:

@@ -33,9 +33,9 @@ class ClassificationRequest(BaseModel):
 
 
 class ClassProbability(BaseModel):
+    class_id: int = Field(alias="class")
     name: str
     probability: float
-    class_id: int = Field(alias="class")
 
     model_config = {"populate_by_name": True}
 

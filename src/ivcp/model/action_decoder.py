@@ -13,12 +13,25 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.nn import functional as F
 
 
 ACTION_TOKEN = "<ACTION>"
 HEAD_WEIGHTS_NAME = "action_decoder.safetensors"
 HEAD_CONFIG_NAME = "action_decoder_config.json"
 ACTION_EMBEDDING_KEY = "action_embedding"
+
+
+class Float32Linear(nn.Linear):
+    r"""A linear layer that computes in fp32 whatever dtype its weights were cast to (DeepSpeed casts them to bf16).
+
+    A subclass rather than a functional call, so ZeRO-3's per-module hooks still gather its weights.
+    """
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.float() if self.bias is not None else None
+        return F.linear(inputs.float(), self.weight.float(), bias)
 
 
 class ActionDecoder(nn.Module):
@@ -42,19 +55,21 @@ class ActionDecoder(nn.Module):
         self.decoder_type = decoder_type
         self.decoder_hidden_size = decoder_hidden_size or hidden_size
         if decoder_type == "linear":
-            self.net = nn.Linear(hidden_size, num_classes)
+            self.net = Float32Linear(hidden_size, num_classes)
         elif decoder_type == "mlp":
             self.net = nn.Sequential(
-                nn.Linear(hidden_size, self.decoder_hidden_size),
+                Float32Linear(hidden_size, self.decoder_hidden_size),
                 nn.GELU(),
-                nn.Linear(self.decoder_hidden_size, num_classes),
+                Float32Linear(self.decoder_hidden_size, num_classes),
             )
         else:
             raise ValueError(f"Unknown action decoder type {decoder_type!r}: use `linear` or `mlp`.")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.net.parameters()).dtype
-        return self.net(self.dropout(hidden_states.to(dtype)))
+        r"""fp32 logits on every route: autocast off, the hidden state moved to the head's device and upcast."""
+        device = next(self.net.parameters()).device
+        with torch.autocast(device.type, enabled=False):
+            return self.net(self.dropout(hidden_states.to(device, torch.float32)))
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -78,7 +93,8 @@ class ActionDecoder(nn.Module):
         if action_embedding is not None:
             tensors[ACTION_EMBEDDING_KEY] = action_embedding
 
-        tensors = {key: value.detach().to("cpu").contiguous() for key, value in tensors.items()}
+        # fp32 whatever the strategy computed in (callers under DeepSpeed hand in the optimizer's fp32 weights)
+        tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in tensors.items()}
         config = {**self.get_config(), **(extra_config or {})}
         _atomic_write(os.path.join(save_directory, HEAD_WEIGHTS_NAME), lambda path: save_file(tensors, path))
         _atomic_write(
@@ -107,8 +123,18 @@ class ActionDecoder(nn.Module):
                     "`action_decoder_hidden_size` to the head's values or use a head trained for this model."
                 )
 
-        self.load_state_dict(tensors)
+        parameters = dict(self.named_parameters())
+        for key, value in tensors.items():
+            copy_full_tensor(parameters[key], value)
         return action_embedding
+
+
+def copy_full_tensor(param: torch.Tensor, value: torch.Tensor) -> None:
+    r"""Copy a full saved tensor into ``param``, also when FSDP2 has sharded it (a DTensor: each rank keeps its shard)."""
+    with torch.no_grad():
+        if isinstance(param, DTensor):  # every rank read the whole file: no communication needed
+            value = distribute_tensor(value.to(param.dtype), param.device_mesh, param.placements, src_data_rank=None)
+        param.copy_(value)
 
 
 def load_head_tensors(load_directory: str) -> dict[str, torch.Tensor]:

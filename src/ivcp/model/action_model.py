@@ -14,12 +14,13 @@ from peft import PeftModel
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder
+from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder, copy_full_tensor
 from .backbone import final_hidden_states
 from .head_config import to_config
 from .layers import decoder_layers
 from .loss import ActionLoss
 from .multi_label import SINGLE_LABEL
+from .placement import execution_device, final_hidden_device
 
 
 BACKBONE_PREFIX = "backbone."
@@ -80,8 +81,42 @@ class ActionClassificationModel(nn.Module):
         return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
 
     def _write_action_embedding(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        is_action = (args[0] == self.action_token_id).unsqueeze(-1)
-        return torch.where(is_action, self.action_embedding.to(output.dtype), output)
+        is_action = (args[0] == self.action_token_id).unsqueeze(-1).to(output.device)
+        # the row keeps its own (fp32) dtype and device; the embedding's output may sit on another device
+        return torch.where(is_action, self.action_embedding.to(output.device, output.dtype), output)
+
+    def place_head(self) -> None:
+        r"""The head beside the backbone's last layer, the ``<ACTION>`` row beside the input embedding.
+
+        For a backbone dispatched over several devices (``device_map``), which is never moved as a whole.
+        """
+        self.action_decoder.to(final_hidden_device(self.base_model))
+        self.action_embedding.data = self.action_embedding.data.to(self.input_device)
+
+    @property
+    def input_device(self) -> torch.device:
+        r"""Where a batch goes: the input embedding's device."""
+        return execution_device(self.backbone.get_input_embeddings())
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        r"""A LoRA run's checkpoints leave out the frozen base (it comes from the base model): strict about the rest.
+
+        DeepSpeed restores the module from its own checkpoint with ``strict=True``; HF only relaxes that for a
+        ``PeftModel``.
+        """
+        if not (strict and isinstance(self.backbone, PeftModel)):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = {name for name, param in self.named_parameters() if not param.requires_grad}
+        missing = [key for key in result.missing_keys if key not in frozen]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: missing keys {missing}, unexpected keys "
+                f"{result.unexpected_keys}."
+            )
+
+        return result
 
     def create_or_update_model_card(self, output_dir: str) -> None:
         r"""Called by HF Trainer's model card code for PEFT runs."""
@@ -115,7 +150,7 @@ class ActionClassificationModel(nn.Module):
             output_router_logits=self.router_aux_loss_coef is not None,
             **model_inputs,
         )
-        positions = last_token_positions(input_ids, self.action_token_id)
+        positions = last_token_positions(input_ids, self.action_token_id).to(hidden_states.device)
         pooled = hidden_states[torch.arange(hidden_states.size(0), device=hidden_states.device), positions]
         logits = self.action_decoder(pooled)
         loss = None
@@ -185,5 +220,4 @@ class ActionClassificationModel(nn.Module):
                     f"the model needs {tuple(self.action_embedding.shape)}: the head was trained for another model."
                 )
 
-            with torch.no_grad():
-                self.action_embedding.copy_(action_embedding)
+            copy_full_tensor(self.action_embedding, action_embedding)

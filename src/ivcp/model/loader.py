@@ -4,6 +4,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
+from accelerate.utils import align_module_device
 from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.model.model_utils.embedding import resize_embedding_layer
@@ -82,9 +83,13 @@ def _gathered(*params: torch.nn.Parameter):
 
 def _initial_action_embedding(backbone: torch.nn.Module, num_tokens: int) -> torch.Tensor:
     r"""The mean of the real token embeddings: a neutral start that lies on the embedding manifold."""
-    weight = backbone.get_input_embeddings().weight
-    with _gathered(weight), torch.no_grad():
-        return weight[:num_tokens].float().mean(dim=0).cpu()
+    embeddings = backbone.get_input_embeddings()
+    # gathered under ZeRO-3; loaded for the moment when a device_map offloaded it
+    with _gathered(embeddings.weight), align_module_device(embeddings), torch.no_grad():
+        if embeddings.weight.is_meta:  # offloaded inside a dispatched block: only inference gets here, and it
+            return torch.zeros(embeddings.embedding_dim)  # loads the row saved with the head over this
+
+        return embeddings.weight[:num_tokens].float().mean(dim=0).cpu()
 
 
 def _freeze_untied_lm_head(backbone: torch.nn.Module) -> None:

@@ -3,7 +3,7 @@
 import json
 import os
 from types import MethodType
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -11,6 +11,8 @@ from llamafactory.train.callbacks import SaveProcessorCallback
 from llamafactory.train.trainer_utils import create_custom_optimizer, create_custom_scheduler
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_pt_utils import remove_dummy_checkpoint
+from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
 from typing_extensions import override
 
 from ...log import get_logger
@@ -34,6 +36,24 @@ logger = get_logger(__name__)
 ACTION_GROUP_NAME = "action_token"
 
 
+def check_fsdp_plugin(fsdp_plugin: Any) -> None:
+    r"""Refuse, before wrapping, the FSDP settings action_cls cannot train or save with."""
+    if getattr(fsdp_plugin, "fsdp_version", 1) != 2:
+        raise ValueError(
+            "action_cls trains under FSDP with `fsdp_version: 2` only: FSDP1 flattens each wrap unit into one tensor "
+            "and the root unit holds the fp32 <ACTION> embedding beside the backbone's bf16 weights (`Must flatten "
+            "tensors with uniform dtype`). Set `fsdp_version: 2` in the accelerate config (see "
+            "examples/accelerate/fsdp_config.yaml)."
+        )
+
+    if "FULL_STATE_DICT" not in str(fsdp_plugin.state_dict_type):  # HF calls `_save` (the head) only for it
+        raise ValueError(
+            "action_cls saves action_decoder.safetensors from the gathered full state dict, but this FSDP run "
+            f"uses {fsdp_plugin.state_dict_type}: set `fsdp_state_dict_type: FULL_STATE_DICT` in the accelerate "
+            "config (see examples/accelerate/fsdp_config.yaml)."
+        )
+
+
 class ActionClsTrainer(Trainer):
     model: "ActionClassificationModel"
 
@@ -55,17 +75,9 @@ class ActionClsTrainer(Trainer):
             self.add_callback(BAdamCallback)
 
         self._check_deepspeed_optimizer()
-        self._check_fsdp_state_dict_type()
+        if self.is_fsdp_enabled:
+            check_fsdp_plugin(self.accelerator.state.fsdp_plugin)
         self._router_losses: list[torch.Tensor] = []  # MoE router aux losses since the last log
-
-    def _check_fsdp_state_dict_type(self) -> None:
-        r"""HF Trainer calls ``_save`` (and so writes the head) only for FSDP's FULL_STATE_DICT."""
-        if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
-            raise ValueError(
-                "action_cls saves action_decoder.safetensors from the gathered full state dict, but this FSDP run "
-                f"uses {self.accelerator.state.fsdp_plugin.state_dict_type}: set `fsdp_state_dict_type: "
-                "FULL_STATE_DICT` in the accelerate config (see examples/accelerate/fsdp_config.yaml)."
-            )
 
     def _check_deepspeed_optimizer(self) -> None:
         r"""A DeepSpeed config with its own optimizer never calls create_optimizer: the lr groups would vanish."""
@@ -144,6 +156,42 @@ class ActionClsTrainer(Trainer):
         return super()._get_train_sampler(*args, **kwargs)
 
     @override
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        r"""Under DeepSpeed: the fp32 head and row always, the adapter without the frozen base, no empty model file.
+
+        Collective, like HF's: every rank gathers, the main process writes.
+        """
+        if not self.is_deepspeed_enabled:
+            return super().save_model(output_dir, _internal_call)
+
+        from .deepspeed_save import backbone_state, fp32_head_state, weights_left_to_deepspeed
+
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model)
+        backbone = backbone_state(self.model_wrapped, model)
+        head = fp32_head_state(model)
+        if self.args.should_save:
+            self._save(output_dir, state_dict={**backbone, **head})
+
+        if weights_left_to_deepspeed(self.model_wrapped, model):  # as HF does (recover with zero_to_fp32.py)
+            logger.warning_rank0(
+                "stage3_gather_16bit_weights_on_model_save is false: the model's weights are saved in DeepSpeed's "
+                f"checkpoint in {output_dir} (recover them with zero_to_fp32.py); the action head is saved as usual."
+            )
+            remove_dummy_checkpoint(self.args.should_save, output_dir, [WEIGHTS_NAME, SAFE_WEIGHTS_NAME])
+            self.model_wrapped.save_checkpoint(output_dir)
+
+    @override
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.is_deepspeed_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+
+        from .deepspeed_save import frozen_base_excluded
+
+        with frozen_base_excluded(self.model_wrapped, self.accelerator.unwrap_model(self.model)):
+            super()._save_optimizer_and_scheduler(output_dir)
+
+    @override
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
@@ -158,12 +206,14 @@ class ActionClsTrainer(Trainer):
 
     @override
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        # HF passes the wrapped model under FSDP: its checkpoint file holds the whole wrapper, head included
+        target = model if model is not None else self.model.backbone
         try:
-            super()._load_from_checkpoint(resume_from_checkpoint, model=self.model.backbone)
+            super()._load_from_checkpoint(resume_from_checkpoint, model=target)
             if not os.path.isfile(os.path.join(resume_from_checkpoint, HEAD_WEIGHTS_NAME)):
                 raise ValueError(f"it has no {HEAD_WEIGHTS_NAME}, so an action_cls run did not write it")
 
-            self.model.load_head(resume_from_checkpoint)
+            self.accelerator.unwrap_model(self.model).load_head(resume_from_checkpoint)
         except (RuntimeError, ValueError) as err:  # torch's size mismatch, our head checks
             reason = str(err).splitlines()[0].rstrip(".:")
             raise ValueError(

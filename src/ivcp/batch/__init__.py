@@ -1,0 +1,1 @@
+"""``ivcp classify`` over many videos: input listing, sharding across processes and machines, resumable output, Ray."""

@@ -1,0 +1,114 @@
+"""Ray Data batch inference: videos read as paths, decoded by CPU actors, classified by GPU actors, written as files.
+
+The pipeline (``pip install 'ivcp[ray]'``)::
+
+    ray.data.from_items(rows)                                           # {"video", "prompt", extra columns}
+      .map_batches(PrepareVideos, batch_size=..., compute=ActorPoolStrategy(size=...), num_cpus=1)  # decode, CPUs
+      .map_batches(ClassifyVideos, batch_size=1, compute=ActorPoolStrategy(size=...), num_gpus=...)  # the model
+      .write_json(DIR)  /  .write_parquet(DIR)
+
+A prepared batch travels between the stages as one pickled row, so the collated tensors (whose shapes differ per
+batch) never go through Arrow; rows come out in the JSON form of :meth:`ActionClassifier.result`.
+"""
+
+import pickle
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from ..data.context import ActionDataError
+from ..inference import ActionClassifier
+from .inputs import Item
+from .runner import output_row
+
+
+class PrepareVideos:
+    r"""CPU stage: a batch of rows -> one row with the collated inputs and each video's outcome.
+
+    It loads the classifier for its tokenizer, processor and collator; its weights stay unused on the CPU.
+    """
+
+    def __init__(self, model: str, adapter: str | None = None, settings: dict[str, Any] | None = None) -> None:
+        self.classifier = ActionClassifier.from_pretrained(model, adapter=adapter, device="cpu", **(settings or {}))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        collated, outcomes = self.classifier.prepare([row["video"] for row in rows], [row["prompt"] for row in rows])
+        return pa.table({"prepared": [pickle.dumps((rows, collated, outcomes))]})
+
+
+class ClassifyVideos:
+    r"""Model stage (an actor per GPU): a prepared batch -> one result row per video, extra columns carried."""
+
+    def __init__(
+        self, model: str, adapter: str | None = None, settings: dict[str, Any] | None = None, top_k: int = 5
+    ) -> None:
+        self.classifier = ActionClassifier.from_pretrained(model, adapter=adapter, **(settings or {}))
+        self.top_k = top_k
+        self.schema: pa.Schema | None = None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results = []
+        for prepared in batch.column("prepared").to_pylist():
+            rows, collated, outcomes = pickle.loads(prepared)
+            for row, outcome in zip(rows, self.classifier.classify_prepared(collated, outcomes)):
+                extra = {key: value for key, value in row.items() if key not in ("video", "prompt")}
+                results.append(output_row(self.classifier, row["video"], extra, outcome, self.top_k))
+                self.schema = self.schema or self._schema(extra)
+
+        return pa.Table.from_pylist(results, schema=self.schema)
+
+    def _schema(self, extra: dict[str, Any]) -> pa.Schema:
+        r"""One schema for every block, whatever mix of results and errors it holds: Arrow infers from the first row.
+
+        It is the union of a classified and a failed row of this head, with the extra columns of the input rows.
+        """
+        logits = torch.full((1, self.classifier.model.action_decoder.num_classes), 10.0)  # every class chosen
+        error = ActionDataError("example", kind="video unreadable")
+        samples = [output_row(self.classifier, "v", extra, outcome, self.top_k) for outcome in (logits[0], error)]
+        columns = dict.fromkeys(key for sample in samples for key in sample)
+        return pa.Table.from_pylist([{**columns, **sample} for sample in samples]).schema
+
+
+def classify_with_ray(
+    items: list[Item],
+    output: str,
+    model: str,
+    adapter: str | None = None,
+    settings: dict[str, Any] | None = None,
+    top_k: int = 5,
+    batch_size: int = 8,
+    num_gpus: float = 1.0,
+    concurrency: int = 1,
+    decode_concurrency: int = 2,
+    output_format: str = "jsonl",
+) -> None:
+    r"""Run the pipeline on the connected Ray cluster (call ``ray.init`` first) and write ``output`` (a folder)."""
+    import ray
+
+    rows = [{**item.extra, "video": item.video, "prompt": item.prompt} for item in items]
+    arguments = {"model": model, "adapter": adapter, "settings": settings}
+    results = (
+        ray.data.from_items(rows)
+        .map_batches(
+            PrepareVideos,
+            fn_constructor_kwargs=arguments,
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=decode_concurrency),
+            num_cpus=1,
+        )
+        .map_batches(
+            ClassifyVideos,
+            fn_constructor_kwargs={**arguments, "top_k": top_k},
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+            num_gpus=num_gpus,
+        )
+    )
+    if output_format == "parquet":
+        results.write_parquet(output)
+    else:
+        results.write_json(output, double_precision=15)  # pandas' default keeps 10 digits
