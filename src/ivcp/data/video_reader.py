@@ -156,9 +156,9 @@ def _open(path: str) -> "av.container.InputContainer":
         return av.open(path, "r", container_options=_OPEN_OPTIONS)
     except av.ValueError as err:
         raise VideoReadError(
-            f"{path!r}, which is not in a video container this reader opens ({err}): only mp4/mov/3gp, mkv/webm, "
-            f"avi, MPEG-TS, FLV, MPEG-PS and ASF/WMV files are read (playlists, concat lists and image sequences "
-            f"never): {REENCODE_HINT}."
+            path,
+            f"is not in a video container this reader opens ({err}): only mp4/mov/3gp, mkv/webm, avi, MPEG-TS, FLV, "
+            "MPEG-PS and ASF/WMV files are read (playlists, concat lists and image sequences never)",
         ) from err
     except (av.FFmpegError, OSError) as err:
         raise VideoReadError(path, f"cannot be read by PyAV ({_cause(err)})") from err
@@ -167,9 +167,10 @@ def _open(path: str) -> "av.container.InputContainer":
 def _check_frame_size(stream: "av.video.stream.VideoStream", path: str) -> None:
     if stream.width * stream.height > MAX_FRAME_PIXELS:
         raise VideoReadError(
-            f"{path!r} has {stream.width}x{stream.height} frames, more than the reader's limit of "
-            f"{MAX_FRAME_PIXELS} pixels (8192x4320): downscale it (e.g. `ffmpeg -i in.mp4 -vf scale=-2:1080 "
-            "out.mp4`).",
+            path,
+            f"has {stream.width}x{stream.height} frames, more than the reader's limit of {MAX_FRAME_PIXELS} pixels "
+            "(8192x4320)",
+            fix="downscale it (e.g. `ffmpeg -i in.mp4 -vf scale=-2:1080 out.mp4`)",
             kind="frames too large",
         )
 
