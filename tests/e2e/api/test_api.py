@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -30,21 +29,25 @@ from fastapi.testclient import TestClient
 from ivcp.api.app import create_action_app
 from ivcp.data import video_reader
 from ivcp.demo.object_videos import make_object_dataset
+from ivcp.demo.video_files import write_video
 from ivcp.hparams.serving_args import ActionServingArguments
 from ivcp.inference import ActionClassifier
-
-from .conftest import base_config, read_json, run_cli, start_command, write_broken_videos, write_config
+from tests.helpers import (
+    base_config,
+    free_port,
+    read_json,
+    run_cli,
+    start_command,
+    wait_for_http,
+    write_broken_videos,
+    write_config,
+    write_late_damaged_video,
+)
 
 
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 TIMEOUT = 120  # seconds: a loaded 2-core machine answers slowly, never wrongly
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -98,26 +101,10 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
-def _write_long_video(path: Path, seconds: int) -> None:
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=1)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for _ in range(seconds):
-            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), dtype=np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
-
 def _write_attack_files(media: Path, work_dir: Path, clip: Path) -> None:
     r"""Files that make FFmpeg open other files: HLS playlists (also renamed .mp4) naming a .ts outside every allowed
     path, a concat list, an image; a video whose later frames are zeroed; a 16-frame 8192x8192 mp4 (199 KB)."""
-    with av.open(str(work_dir / "outside.ts"), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=4)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for i in range(8):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 30 * i, dtype=np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    write_video(str(work_dir / "outside.ts"), "mpeg4", num_frames=8, size=(32, 32), fps=4)
     for name, target in [("playlist", work_dir / "outside.ts"), ("playlist-missing", work_dir / "nothing.ts")]:
         playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:2.0,\n{}\n#EXT-X-ENDLIST\n"
         for suffix in (".m3u8", "-renamed.mp4"):
@@ -128,11 +115,7 @@ def _write_attack_files(media: Path, work_dir: Path, clip: Path) -> None:
         stream.width, stream.height, stream.pix_fmt = 32, 32, "rgb24"
         container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
 
-    data = bytearray(clip.read_bytes())
-    mdat = data.index(b"mdat")
-    end = mdat - 4 + int.from_bytes(data[mdat - 4 : mdat], "big")
-    half = (mdat + 4 + end) // 2
-    (media / "late-corrupt.mp4").write_bytes(bytes(data[:half]) + bytes(end - half) + bytes(data[end:]))
+    write_late_damaged_video(clip, media / "late-corrupt.mp4")
 
     with av.open(str(media / "bomb.mp4"), mode="w") as container:
         stream = container.add_stream("libx264", rate=8, options={"preset": "ultrafast"})
@@ -151,20 +134,6 @@ def _dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
-
-
-def _wait_until_up(url: str, process, log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited:\n{log.read_text()[-6000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"the server did not come up:\n{log.read_text()[-6000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +156,7 @@ def served(tiny_model, motion_data, tmp_path_factory):
     )
 
     broken = write_broken_videos(motion_data, media / "broken")
-    _write_long_video(media / "long.avi", seconds=30)
+    write_video(str(media / "long.avi"), "mpeg4", num_frames=30, size=(32, 32), fps=1)
     (media / "big.mp4").write_bytes(os.urandom(600 * 1024))
     (work_dir / "outside.mp4").write_bytes(
         (media / read_json(media / "motion_test.json")[0]["videos"][0]).read_bytes()
@@ -224,7 +193,7 @@ def served(tiny_model, motion_data, tmp_path_factory):
         *("--template", "qwen2_vl", "--finetuning_type", "lora", "--allowed_local_media_path", str(media)),
         *("--api_max_batch_size", "1"),
     ]
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     env = {"API_HOST": "127.0.0.1", "OMP_NUM_THREADS": "1"}
     processes = [
         start_command(
@@ -251,7 +220,7 @@ def served(tiny_model, motion_data, tmp_path_factory):
     try:
         classifier = ActionClassifier.from_pretrained(tiny_model, adapter=str(output_dir))
         for url, process, log in zip(urls, processes, ("server_yaml.log", "server_flags.log")):
-            _wait_until_up(url, process, work_dir / log)
+            wait_for_http(f"{url}/health", process, work_dir / log, timeout=600)
 
         yield {
             "url": urls[0],

@@ -15,13 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME
-
-from .conftest import base_config, run_cli
+from tests.helpers import REPO, base_config, run_cli
 
 
 pytest.importorskip("deepspeed")
 
-REPO = Path(__file__).resolve().parent.parent
 TORCHRUN = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
 HEAD_KEYS = {"action_embedding", "action_decoder.net.weight", "action_decoder.net.bias"}
 

@@ -13,11 +13,18 @@ import torch
 from safetensors.torch import load_file
 
 from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME, ActionDecoder
+from tests.helpers import (
+    REPO,
+    base_config,
+    read_json,
+    run_cli,
+    run_command,
+    saved_weights,
+    trainer_losses,
+    write_config,
+)
 
-from .conftest import base_config, read_json, run_cli, run_command, saved_weights, trainer_losses, write_config
 
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DS_CONFIG = os.path.join(REPO, "examples", "deepspeed", "ds_z{stage}_config.json")
 # every process of a run and of its reference computes with one thread: the same kernels, whatever the machine
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

@@ -8,8 +8,8 @@ from transformers import AutoModelForImageTextToText
 
 from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME, ActionDecoder
 from ivcp.train.action_cls.trainer import check_fsdp_plugin
+from tests.helpers import run_command
 
-from .conftest import run_command
 from .fsdp2_worker import build_model, train_step
 
 

@@ -14,19 +14,17 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
+from tests.helpers import REPO, free_port, wait_for_http
 
-REPO = Path(__file__).resolve().parent.parent
+
 READMES = ("README.md", "README_zh.md")
 SHELL_FENCE = re.compile(r"^```(bash|sh|shell|console)\s*$")
 MARKER = re.compile(r"^<!-- (cpu-test(?:: background)?|needs-gpu: .+|needs-download: .+) -->$")
@@ -95,12 +93,6 @@ def test_both_readmes_carry_the_same_commands():
     assert commands("README.md") == commands("README_zh.md")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _as_newcomer(text: str) -> str:
     for hub_model in HUB_MODELS:
         text = text.replace(hub_model, DEMO_MODEL)
@@ -122,7 +114,7 @@ def workspace(tmp_path_factory):
     if (Path(sys.prefix) / "bin" / "activate").is_file():
         (root / ".venv").symlink_to(sys.prefix)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    state = {"root": root, "env": env, "port": str(_free_port()), "servers": [], "outputs": {}}
+    state = {"root": root, "env": env, "port": str(free_port()), "servers": [], "outputs": {}}
     yield state
     for server in state["servers"]:
         os.killpg(server.pid, signal.SIGTERM)
@@ -137,18 +129,6 @@ def _capped(command: str) -> str:
         return command
     flags_only = len(words) > 2 and words[2].startswith("--")
     return f"{command} --max_steps {MAX_STEPS}" if flags_only else f"{command} max_steps={MAX_STEPS}"
-
-
-def _wait_for_health(port: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"the server exited: {log.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(1)
-    raise AssertionError(f"the server did not answer /health: {log.read_text()[-3000:]}")
 
 
 def _same_shape(documented, actual, where: str = "response") -> None:
@@ -192,7 +172,7 @@ def test_readme_block_runs_on_cpu(block, workspace):
             start_new_session=True,
         )
         workspace["servers"].append(server)
-        _wait_for_health(workspace["port"], server, log)
+        wait_for_http(f"http://127.0.0.1:{workspace['port']}/health", server, log, timeout=300)
         return
 
     result = subprocess.run(

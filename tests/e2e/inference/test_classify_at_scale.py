@@ -12,8 +12,7 @@ import pytest
 from ivcp.batch.inputs import list_inputs
 from ivcp.batch.output import PartWriter, read_rows, written_rows
 from ivcp.data.prompt import user_prompt, wrap_question
-
-from .conftest import motion_data_with, read_json, run_command, start_command, write_broken_videos
+from tests.helpers import motion_data_with, read_json, run_command, start_command, write_broken_videos
 
 
 @pytest.fixture(scope="module")

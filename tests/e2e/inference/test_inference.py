@@ -8,8 +8,7 @@ import torch
 from ivcp.data.context import ActionDataError, media_error
 from ivcp.inference import ActionClassifier
 from ivcp.model.action_model import last_token_positions
-
-from .conftest import run_command, write_broken_videos, write_late_damaged_video
+from tests.helpers import run_command, write_broken_videos, write_late_damaged_video
 
 
 def test_api_predictions_equal_the_trainers(tiny_model, trained):

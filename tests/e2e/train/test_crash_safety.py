@@ -13,8 +13,7 @@ import torch
 
 from ivcp.model import action_decoder
 from ivcp.train.action_cls.checkpoints import complete_resume_checkpoint
-
-from .conftest import base_config, read_json, run_cli, saved_weights, start_command, write_config
+from tests.helpers import base_config, read_json, run_cli, saved_weights, start_command, write_config
 
 
 MAX_STEPS = 5  # 16 clips in batches of 4: crosses an epoch boundary

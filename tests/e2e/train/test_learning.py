@@ -9,11 +9,7 @@ import os
 import yaml
 
 from ivcp.demo.motion_videos import make_motion_dataset
-
-from .conftest import read_json, run_cli
-
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO, read_json, run_cli
 
 
 def test_motion_direction_is_learned(tiny_model, tmp_path):

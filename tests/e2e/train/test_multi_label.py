@@ -17,9 +17,7 @@ from ivcp.model.head_config import load_head_config
 from ivcp.model.loss import ActionLoss, ActionLossConfig
 from ivcp.model.multi_label import balanced_pos_weight, multi_hot
 from ivcp.train.action_cls.metric import multi_label_metrics
-
-from .conftest import base_config, read_json, run_cli
-from .test_data_validation import _example, _load
+from tests.helpers import action_example, base_config, load_examples, read_json, run_cli
 
 
 def _logits(probabilities: list[list[float]]) -> np.ndarray:
@@ -67,8 +65,8 @@ def test_loss_targets_decoding_and_balanced_positive_weights():
 
 
 def test_multi_label_examples_load_as_multi_hot_targets(tiny_model, motion_data, tmp_path):
-    examples = [_example(label=[0, 3]), _example(label=[]), _example(label=[2])]
-    dataset, _ = _load(tiny_model, motion_data, tmp_path, examples, action_problem_type="multi_label")
+    examples = [action_example(label=[0, 3]), action_example(label=[]), action_example(label=[2])]
+    dataset, _ = load_examples(tiny_model, motion_data, tmp_path, examples, action_problem_type="multi_label")
     assert dataset["train_dataset"]["action_labels"] == [[1, 0, 0, 1], [0, 0, 0, 0], [0, 0, 1, 0]]
 
 
@@ -87,8 +85,8 @@ def test_bad_multi_label_example_is_rejected(tiny_model, motion_data, tmp_path, 
         overrides["action_label_names"] = str(tmp_path / "names.json")
 
     with pytest.raises(ActionDataError) as err:
-        examples = [_example(label=label) for label in labels]
-        _load(tiny_model, motion_data, tmp_path, examples, action_problem_type="multi_label", **overrides)
+        examples = [action_example(label=label) for label in labels]
+        load_examples(tiny_model, motion_data, tmp_path, examples, action_problem_type="multi_label", **overrides)
 
     message = str(err.value)
     assert "example 1 of case.json" in message and "example 0 " not in message, message
@@ -106,8 +104,8 @@ def test_bad_multi_label_example_is_rejected(tiny_model, motion_data, tmp_path, 
 )
 def test_data_of_the_other_problem_type_is_rejected(tiny_model, motion_data, tmp_path, labels, problem_type, fragment):
     with pytest.raises(ActionDataError) as err:
-        examples = [_example(label=label) for label in labels]
-        _load(tiny_model, motion_data, tmp_path, examples, action_problem_type=problem_type)
+        examples = [action_example(label=label) for label in labels]
+        load_examples(tiny_model, motion_data, tmp_path, examples, action_problem_type=problem_type)
 
     message = str(err.value)
     assert "2 example(s) cannot be used" in message and f"example 1 of case.json has {fragment}" in message, message
@@ -117,8 +115,8 @@ def test_data_of_the_other_problem_type_is_rejected(tiny_model, motion_data, tmp
 
 def test_label_column_mixing_lists_and_single_classes_is_explained(tiny_model, motion_data, tmp_path):
     with pytest.raises(ActionDataError) as err:
-        examples = [_example(label=[0, 1]), _example(label=2)]
-        _load(tiny_model, motion_data, tmp_path, examples, action_problem_type="multi_label")
+        examples = [action_example(label=[0, 1]), action_example(label=2)]
+        load_examples(tiny_model, motion_data, tmp_path, examples, action_problem_type="multi_label")
 
     assert "case.json" in str(err.value) and "use lists in the whole file for multi-label data" in str(err.value)
 

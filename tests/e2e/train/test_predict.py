@@ -4,7 +4,7 @@ import json
 import os
 import shutil
 
-from .conftest import base_config, read_json, run_cli
+from tests.helpers import base_config, read_json, run_cli
 
 
 NAMES = ["left", "right", "up", "down"]

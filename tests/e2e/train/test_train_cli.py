@@ -9,7 +9,7 @@ from llamafactory.train.tuner import run_exp
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from .conftest import base_config, llamafactory_cli, read_json, run_cli, saved_weights, trainer_losses
+from tests.helpers import base_config, llamafactory_cli, read_json, run_cli, saved_weights, trainer_losses
 
 
 HEAD_FILES = ("action_decoder.safetensors", "action_decoder_config.json")

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -33,8 +32,7 @@ from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME, save_head_config
 from ivcp.model.head_config import load_head_config
 from ivcp.model.vllm_layout import SCORE_FILE, check_vllm_export, vllm_refusal
 from ivcp.show_frames import _plugin, describe
-
-from .conftest import base_config, read_json
+from tests.helpers import base_config, free_port, read_json
 
 
 VLLM_VENV = os.environ.get("IVCP_VLLM_VENV") or os.path.expanduser("~/.cache/ivcp/vllm-venv")
@@ -189,12 +187,6 @@ def test_vllm_classify_gives_ivcps_probabilities(name, exports, vllm_classified)
     assert not os.path.exists(os.path.join(run["dir"], HEAD_WEIGHTS_NAME))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=300) as response:
@@ -203,7 +195,7 @@ def _post(url: str, body: dict) -> dict:
 
 def test_vllm_serve_classifies_video_urls_by_name(exports, tmp_path):
     run = exports["qwen2_vl_lora"]
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "vllm_serve.log"
     with open(log_path, "w", encoding="utf-8") as log:
         server = subprocess.Popen(

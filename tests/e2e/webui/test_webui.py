@@ -5,9 +5,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,8 +15,7 @@ from ivcp import integration, stage_patches
 from ivcp.data.video_reader import plan_video
 from ivcp.demo.motion_videos import DIRECTIONS
 from ivcp.model.head_config import load_head_config
-
-from .conftest import read_json, start_command
+from tests.helpers import free_port, read_json, start_command, wait_for_http
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -43,26 +39,6 @@ RUN_ARGS = {  # a 2-step run on the tiny model, through the Train tab's "Extra a
     "seed": 42,
 }
 TRAIN_TIMEOUT_MS = 600_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_server(url: str, process, log_path: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"llamafactory-cli webui exited:\n{log_path.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-
-    raise AssertionError(f"llamafactory-cli webui did not answer within {timeout} s:\n{log_path.read_text()[-4000:]}")
 
 
 def _field(page, label: str):
@@ -191,7 +167,7 @@ def _drive_board(page, url: str, work_dir: Path, tiny_model: str, motion_data: s
 @pytest.fixture
 def webui(tmp_path):
     r"""``llamafactory-cli webui`` on a loopback port, run in ``tmp_path`` (its saves/ and caches land there)."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "webui.log"
     process = start_command(
         tmp_path,
@@ -206,7 +182,7 @@ def webui(tmp_path):
     )
     try:
         url = f"http://127.0.0.1:{port}/"
-        _wait_for_server(url, process, log_path)
+        wait_for_http(url, process, log_path, timeout=300)
         yield url, tmp_path
     finally:
         with contextlib.suppress(ProcessLookupError):  # a webui that died at start-up is reported, not masked

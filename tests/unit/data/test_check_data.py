@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from ivcp.cli import main
-
-from .conftest import base_config, motion_data_with, read_json, write_broken_videos, write_config
+from tests.helpers import base_config, motion_data_with, read_json, write_broken_videos, write_config
 
 
 def _check(capsys, *args: str) -> tuple[int, str, str]:

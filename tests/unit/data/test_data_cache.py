@@ -4,8 +4,7 @@ import av
 import pytest
 
 from ivcp.data import videos
-
-from .conftest import base_config, load_action_data
+from tests.helpers import base_config, load_action_data
 
 
 @pytest.fixture

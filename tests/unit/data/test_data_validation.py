@@ -2,45 +2,23 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from ivcp.data import ActionDataError
-
-from .conftest import base_config, load_action_data, motion_data_with, read_json, write_broken_videos
-
-
-GOOD_PROMPT = "<video>What is the person doing?<ACTION>"
-
-
-def _example(prompt: str = GOOD_PROMPT, label=0, answer: str | None = "left", video: str | None = None) -> dict:
-    conversations = [{"from": "human", "value": prompt}]
-    if answer is not None:
-        conversations.append({"from": "gpt", "value": answer})
-
-    example = {"conversations": conversations, "videos": [video] if video else []}
-    if label != "missing":
-        example["action_label"] = label
-    return example
-
-
-def _load(tiny_model: str, motion_data: str, tmp_path: Path, examples: list[dict], **overrides):
-    r"""Write ``examples`` as dataset ``case`` next to the motion clips and load it the way training does."""
-    video = read_json(Path(motion_data) / "motion_train.json")[0]["videos"][0]
-    for example in examples:
-        if example["videos"] == []:
-            example["videos"] = [video]
-    data_dir = motion_data_with(motion_data, tmp_path / "data", "case", examples)
-
-    config = base_config(tiny_model, str(data_dir), str(tmp_path / "out"), dataset="case", **overrides)
-    _, tokenizer_module, _, _, dataset = load_action_data(config)
-    return dataset, tokenizer_module["tokenizer"]
+from tests.helpers import (
+    action_example,
+    base_config,
+    load_action_data,
+    load_examples,
+    read_json,
+    write_broken_videos,
+)
 
 
 def _assert_rejected(tiny_model, motion_data, tmp_path, bad: dict, *fragments: str, **overrides) -> str:
     with pytest.raises(ActionDataError) as err:
-        _load(tiny_model, motion_data, tmp_path, [_example(), bad], **overrides)
+        load_examples(tiny_model, motion_data, tmp_path, [action_example(), bad], **overrides)
 
     message = str(err.value)
     assert "example 1 of case.json" in message, message
@@ -51,7 +29,9 @@ def _assert_rejected(tiny_model, motion_data, tmp_path, bad: dict, *fragments: s
 
 
 def test_good_examples_are_cut_right_after_action(tiny_model, motion_data, tmp_path):
-    dataset, tokenizer = _load(tiny_model, motion_data, tmp_path, [_example(label=2), _example(label=3, answer=None)])
+    dataset, tokenizer = load_examples(
+        tiny_model, motion_data, tmp_path, [action_example(label=2), action_example(label=3, answer=None)]
+    )
     train = dataset["train_dataset"]
     assert train["action_labels"] == [2, 3]
     action_id = tokenizer.convert_tokens_to_ids("<ACTION>")
@@ -62,7 +42,7 @@ def test_good_examples_are_cut_right_after_action(tiny_model, motion_data, tmp_p
 
 def test_the_last_of_several_action_tokens_is_classified(tiny_model, motion_data, tmp_path):
     prompt = "<video>Look<ACTION> and tell: what is the person doing?<ACTION>"
-    dataset, tokenizer = _load(tiny_model, motion_data, tmp_path, [_example(prompt=prompt)])
+    dataset, tokenizer = load_examples(tiny_model, motion_data, tmp_path, [action_example(prompt=prompt)])
     action_id = tokenizer.convert_tokens_to_ids("<ACTION>")
     input_ids = dataset["train_dataset"]["input_ids"][0]
     assert input_ids.count(action_id) == 2 and input_ids[-1] == action_id
@@ -86,13 +66,16 @@ def test_label_column_can_be_renamed(tiny_model, motion_data, tmp_path):
 @pytest.mark.parametrize(
     "bad, fragments",
     [
-        (_example(prompt="<video>What is the person doing?"), ["no <ACTION>", "after the video"]),
-        (_example(prompt="<ACTION><video>What is the person doing?"), ["before its video", "after all media"]),
-        (_example(answer="<ACTION>"), ["assistant turn", "move it to the user turn"]),
-        (_example(label="missing"), ["has no `action_label`", "[0, 4)"]),
-        (_example(label=6), ["`action_label` 6, outside [0, 4)", "at least 7 classes", "`num_action_classes: 7`"]),
-        (_example(label=-1), ["`action_label` -1, outside [0, 4)"]),
-        (_example(label=1.5), ["1.5, which is not an integer"]),
+        (action_example(prompt="<video>What is the person doing?"), ["no <ACTION>", "after the video"]),
+        (action_example(prompt="<ACTION><video>What is the person doing?"), ["before its video", "after all media"]),
+        (action_example(answer="<ACTION>"), ["assistant turn", "move it to the user turn"]),
+        (action_example(label="missing"), ["has no `action_label`", "[0, 4)"]),
+        (
+            action_example(label=6),
+            ["`action_label` 6, outside [0, 4)", "at least 7 classes", "`num_action_classes: 7`"],
+        ),
+        (action_example(label=-1), ["`action_label` -1, outside [0, 4)"]),
+        (action_example(label=1.5), ["1.5, which is not an integer"]),
     ],
     ids=["no-action", "action-before-video", "action-in-answer", "no-label", "label-too-big", "negative", "float"],
 )
@@ -103,7 +86,9 @@ def test_bad_example_is_rejected(tiny_model, motion_data, tmp_path, bad, fragmen
 def test_label_given_as_text_is_rejected(tiny_model, motion_data, tmp_path):
     # a file mixing numbers and text in one column does not load into Arrow at all, so both labels are text here
     with pytest.raises(ActionDataError) as err:
-        _load(tiny_model, motion_data, tmp_path, [_example(label="walking"), _example(label="running")])
+        load_examples(
+            tiny_model, motion_data, tmp_path, [action_example(label="walking"), action_example(label="running")]
+        )
 
     assert "example 1 of case.json has `action_label` 'running', which is not an integer class id" in str(err.value)
 
@@ -113,7 +98,7 @@ def test_too_long_example_is_rejected_not_truncated(tiny_model, motion_data, tmp
         tiny_model,
         motion_data,
         tmp_path,
-        _example(prompt="<video>" + "why " * 300 + "<ACTION>"),
+        action_example(prompt="<video>" + "why " * 300 + "<ACTION>"),
         "more than cutoff_len=256",
         "raise `cutoff_len`",
         cutoff_len=256,
@@ -122,7 +107,7 @@ def test_too_long_example_is_rejected_not_truncated(tiny_model, motion_data, tmp
 
 def test_missing_video_is_rejected(tiny_model, motion_data, tmp_path):
     message = _assert_rejected(
-        tiny_model, motion_data, tmp_path, _example(video="videos/does_not_exist.mp4"), "does_not_exist.mp4"
+        tiny_model, motion_data, tmp_path, action_example(video="videos/does_not_exist.mp4"), "does_not_exist.mp4"
     )
     assert message.count("does_not_exist.mp4") == 1, message  # named once, with the option that moves it
     assert "`media_dir` (now '" in message, message
@@ -130,17 +115,17 @@ def test_missing_video_is_rejected(tiny_model, motion_data, tmp_path):
 
 def test_split_special_tokens_is_rejected(tiny_model, motion_data, tmp_path):
     with pytest.raises(ValueError, match="split_special_tokens"):
-        _load(tiny_model, motion_data, tmp_path, [_example()], split_special_tokens=True)
+        load_examples(tiny_model, motion_data, tmp_path, [action_example()], split_special_tokens=True)
 
 
 def test_unknown_label_name_is_rejected(tiny_model, motion_data, tmp_path):
     (tmp_path / "names.txt").write_text("left\nright\nup\ndown\n")
     with pytest.raises(ActionDataError) as err:
-        _load(
+        load_examples(
             tiny_model,
             motion_data,
             tmp_path,
-            [_example(label="left"), _example(label="sideways")],
+            [action_example(label="left"), action_example(label="sideways")],
             action_label_names=str(tmp_path / "names.txt"),
         )
 
@@ -164,7 +149,13 @@ def test_unreadable_video_is_rejected_before_training(tiny_model, motion_data, t
     # Qwen2-VL's plugin counts video tokens from the header alone: these files would pass it and crash the collator
     bad = write_broken_videos(motion_data, tmp_path / "bad")
     message = _assert_rejected(
-        tiny_model, motion_data, tmp_path, _example(video=str(bad[case])), f"{case}.mp4", fragment, "re-encode it"
+        tiny_model,
+        motion_data,
+        tmp_path,
+        action_example(video=str(bad[case])),
+        f"{case}.mp4",
+        fragment,
+        "re-encode it",
     )
     assert message.count(f"{case}.mp4") == 1 and message.count("re-encode it") == 1, message  # each thing once
 
@@ -174,19 +165,19 @@ def test_model_without_video_processor_is_rejected(tiny_model, motion_data, tmp_
     shutil.copytree(tiny_model, text_only)
     (text_only / "processor_config.json").unlink()
     with pytest.raises(ActionDataError, match="the model has no video processor") as err:
-        _load(str(text_only), motion_data, tmp_path, [_example(), _example()])
+        load_examples(str(text_only), motion_data, tmp_path, [action_example(), action_example()])
 
     assert "example" not in str(err.value)  # one message for the model, not one per example
 
 
 def test_template_without_video_is_rejected(tiny_model, motion_data, tmp_path):
     with pytest.raises(ActionDataError, match="template `qwen` takes none: use the template that fits the model"):
-        _load(tiny_model, motion_data, tmp_path, [_example()], template="qwen")
+        load_examples(tiny_model, motion_data, tmp_path, [action_example()], template="qwen")
 
 
 def test_label_column_mixing_ids_and_names_is_explained(tiny_model, motion_data, tmp_path):
     with pytest.raises(ActionDataError) as err:
-        _load(tiny_model, motion_data, tmp_path, [_example(label=0), _example(label="right")])
+        load_examples(tiny_model, motion_data, tmp_path, [action_example(label=0), action_example(label="right")])
 
     assert "case.json" in str(err.value)
     assert "use one kind in the whole file (all ids, or all names with `action_label_names`)" in str(err.value)

@@ -15,10 +15,9 @@ import av
 import numpy as np
 import pytest
 
-from .conftest import base_config, read_json
+from tests.helpers import REPO, base_config, read_json
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "data")
 BLOCK = 8  # pixels: block means average the coding noise away, the 12-20 px square stays visible
 MAX_BLOCK_DIFFERENCE = 32.0  # re-encoding with another preset stays under 7 here; a square elsewhere exceeds 100

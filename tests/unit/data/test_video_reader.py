@@ -24,8 +24,7 @@ from ivcp.demo.video_files import (
     write_kind,
     write_video,
 )
-
-from .conftest import base_config, load_action_data, read_json, run_cli
+from tests.helpers import base_config, load_action_data, read_json, run_cli
 
 
 SEEKABLE = {"options": {"g": "12"}}  # a keyframe every 12 frames, so that reading seeks

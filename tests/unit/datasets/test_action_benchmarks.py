@@ -4,10 +4,9 @@ import os
 import subprocess
 import sys
 
-from .conftest import read_json
+from tests.helpers import REPO, read_json
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "convert_action_benchmark.py")
 
 

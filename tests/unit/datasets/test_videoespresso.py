@@ -8,11 +8,9 @@ import sys
 import pytest
 
 from ivcp.datasets.videoespresso import VIDEOESPRESSO_TASKS
+from tests.helpers import REPO, base_config, load_action_data, read_json
 
-from .conftest import base_config, load_action_data, read_json
 
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "data")  # the released paths below are relative to it: the shipped demo clips
 SCRIPT = os.path.join(REPO, "scripts", "convert_videoespresso.py")
 STAGE_FILES = [f"VideoEspresso_stage{stage}.json" for stage in (1, 2, 3)] + ["VideoEspresso_label_names.json"]

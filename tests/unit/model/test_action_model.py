@@ -9,8 +9,7 @@ from ivcp.data import ActionDataCollator
 from ivcp.model import load_action_model
 from ivcp.model.action_decoder import ActionDecoder
 from ivcp.train.action_cls.trainer import ActionClsTrainer
-
-from .conftest import base_config, load_action_data
+from tests.helpers import base_config, load_action_data
 
 
 def _setup(tiny_model, motion_data, tmp_path, **overrides):

@@ -8,8 +8,7 @@ from llamafactory.hparams import get_train_args
 from ivcp.model import head_config, load_action_model, load_action_tokenizer
 from ivcp.model.head_config import HeadOption, check_head_config, head_arguments, load_head_config
 from ivcp.train.export import action_export_args
-
-from .conftest import base_config
+from tests.helpers import base_config
 
 
 def test_a_new_saved_option_is_one_edit(tiny_model, motion_data, tmp_path, monkeypatch, caplog):

@@ -11,7 +11,6 @@ clip holds class 0's other 5 examples and class 1's 10, the red clip class 2's 1
 import json
 import math
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -22,6 +21,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from ivcp.data import ActionDataCollator
+from ivcp.demo.motion_videos import write_clip
 from ivcp.hparams import ActionFinetuningArguments
 from ivcp.inference import ActionClassifier
 from ivcp.model import load_action_model
@@ -36,8 +36,7 @@ from ivcp.model.loss import (
     resolve_class_weights,
 )
 from ivcp.train.action_cls.workflow import run_action_cls
-
-from .conftest import base_config, load_action_data, motion_data_with, read_json, saved_weights
+from tests.helpers import base_config, load_action_data, motion_data_with, read_json, saved_weights
 
 
 COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "red": (255, 0, 0)}
@@ -53,20 +52,11 @@ def smoothed_target_entropy(smoothing: float, num_classes: int) -> float:
     return -(true_class * math.log(true_class) + (num_classes - 1) * other * math.log(other))
 
 
-def write_single_colour_clip(path: str, colour: tuple[int, int, int]) -> None:
-    with av.open(path, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), colour, dtype=np.uint8), format="rgb24")
-        for packet in [packet for _ in range(8) for packet in stream.encode(frame)] + list(stream.encode()):
-            container.mux(packet)
-
-
 @pytest.fixture(scope="module")
 def grouped_data(motion_data, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("grouped")
     for name, colour in COLOURS.items():
-        write_single_colour_clip(str(data_dir / f"{name}.mp4"), colour)
+        write_clip(str(data_dir / f"{name}.mp4"), np.full((8, 64, 64, 3), colour, dtype=np.uint8))
     template = read_json(f"{motion_data}/motion_train.json")[0]
     examples = [
         {**template, "videos": [f"{clip}.mp4"], "action_label": label}

@@ -12,8 +12,7 @@ from transformers import AutoModelForImageTextToText
 
 from ivcp.inference import ActionClassifier
 from ivcp.model.action_decoder import ActionDecoder
-
-from .conftest import base_config, read_json, run_cli
+from tests.helpers import base_config, read_json, run_cli
 
 
 SPLIT_MAP = {  # the vision tower, embeddings and layer 0 in memory; layer 1, the norm and lm_head offloaded to disk

@@ -19,7 +19,7 @@ from llamafactory.train.tuner import run_exp
 from transformers import TrainerCallback
 from transformers.utils import is_flash_attn_2_available
 
-from .conftest import base_config, trainer_losses
+from tests.helpers import base_config, trainer_losses
 
 
 class Probe(TrainerCallback):

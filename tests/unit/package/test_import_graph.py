@@ -1,11 +1,12 @@
 """The layers hold: no import circle of more than two files, no import from model/data/hparams up into the rest."""
 
 import importlib.util
-import os
+
+from tests.helpers import REPO
 
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "import_graph.py")
-SRC = os.path.join(os.path.dirname(__file__), "..", "src")
+SCRIPT = REPO / "scripts" / "import_graph.py"
+SRC = str(REPO / "src")
 
 
 def _import_graph():

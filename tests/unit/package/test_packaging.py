@@ -1,12 +1,10 @@
 """A non-editable install ships the registration hook too: the wheel carries ivcp.pth at its root."""
 
-import os
 import subprocess
 import sys
 import zipfile
 
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 
 
 def test_wheel_ships_the_pth_hook(tmp_path):

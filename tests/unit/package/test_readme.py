@@ -8,9 +8,9 @@ import re
 
 import pytest
 
+from tests.helpers import REPO
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TESTS)
+
 REFERENCE = re.compile(r"`(test_\w+\.py)::(test_\w+)(?:\[([\w-]+)\])?`")
 FULLY_LISTED = ("test_data_validation.py", "test_crash_safety.py")  # every test there is a row of the table
 GOOD_INPUT_TESTS = {"test_good_examples_are_cut_right_after_action", "test_label_column_can_be_renamed"}
@@ -31,8 +31,18 @@ def _language_references(chinese: bool) -> set[tuple[str, str, str | None]]:
     return set().union(*(_references(page) for page in PAGES if _is_chinese(page) == chinese))
 
 
+def _test_path(test_file: str) -> str:
+    r"""The test file the docs name by basename, wherever under tests/ it lives (basenames are unique there)."""
+    paths = glob.glob(os.path.join(REPO, "tests", "**", "test_*.py"), recursive=True)
+    basenames = [os.path.basename(path) for path in paths]
+    assert len(set(basenames)) == len(basenames), f"two test files share a name: {sorted(basenames)}"
+    return next(
+        (path for path in paths if os.path.basename(path) == test_file), os.path.join(REPO, "tests", test_file)
+    )
+
+
 def _test_functions(test_file: str) -> set[str]:
-    with open(os.path.join(TESTS, test_file), encoding="utf-8") as f:
+    with open(_test_path(test_file), encoding="utf-8") as f:
         tree = ast.parse(f.read())
     return {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
 
@@ -42,7 +52,7 @@ def test_every_named_test_exists(page):
     for test_file, name, case in _references(page):
         assert name in _test_functions(test_file), f"{page} names {test_file}::{name}, which does not exist"
         if case:
-            with open(os.path.join(TESTS, test_file), encoding="utf-8") as f:
+            with open(_test_path(test_file), encoding="utf-8") as f:
                 assert f'"{case}"' in f.read(), f"{page} names the case {name}[{case}], which does not exist"
 
 

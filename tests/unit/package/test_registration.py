@@ -9,9 +9,7 @@ import pytest
 import ivcp
 from ivcp import stage_patches
 from ivcp.hparams.flags import flags_to_dotlist
-
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
 
 
 def _python(code: str, **env: str) -> str:
@@ -117,8 +115,7 @@ def test_action_runs_go_through_upstreams_training_function(tiny_model, motion_d
     from llamafactory.train.callbacks import LogCallback, ReporterCallback
 
     from ivcp.train import tuner as action_tuner
-
-    from .conftest import base_config
+    from tests.helpers import base_config
 
     ivcp.register()
     runs, destroyed = [], []

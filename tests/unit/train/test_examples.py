@@ -8,8 +8,9 @@ import pytest
 import yaml
 from llamafactory.hparams.parser import _parse_infer_args, _parse_train_args
 
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "examples", "*", "*.yaml")))
 
 

@@ -19,8 +19,7 @@ from transformers import AutoConfig, AutoTokenizer, Glm4vConfig, TrainerCallback
 from ivcp.demo.families import FAMILIES, QWEN2_FAMILIES, build_tiny_family
 from ivcp.demo.tiny_model import build_tiny_qwen2vl
 from ivcp.inference import ActionClassifier
-
-from .conftest import base_config, read_json, trainer_losses
+from tests.helpers import base_config, read_json, trainer_losses
 
 
 NO_SPARE_ROWS = {"qwen2_vl", "internvl", "gemma4"}
@@ -92,8 +91,7 @@ def test_family_trains_saves_and_predicts(family, motion_data, tmp_path):
 def test_moe_router_loss_is_in_the_loss_and_logged(motion_data, tmp_path):
     from ivcp.data import ActionDataCollator
     from ivcp.model import load_action_model
-
-    from .conftest import load_action_data
+    from tests.helpers import load_action_data
 
     model_dir = build_tiny_family(str(tmp_path / "model"), "qwen3_vl_moe")
     output_dir = tmp_path / "out"
