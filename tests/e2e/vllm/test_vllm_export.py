@@ -3,7 +3,7 @@
 The venv is built once by ``scripts/vllm_venv.sh`` (CI builds it before the suite and sets IVCP_REQUIRE_VLLM, so there
 these tests fail rather than skip without it). A tiny Qwen2-VL and Qwen2.5-VL sized for vLLM's CPU attention (head_dim
 64) are trained LoRA, full and multi-label, exported, and classified by IVCP and by vLLM on the very frames IVCP's
-reader sampled: one vLLM process (``tests/vllm_worker.py``) loads every export in turn for ``LLM.classify``, and one
+reader sampled: one vLLM process (``vllm_worker.py`` beside this file) loads every export in turn for ``LLM.classify``, and one
 ``vllm serve`` answers ``POST /classify`` with the videos as ``video_url``.
 """
 
