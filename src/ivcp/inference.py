@@ -17,12 +17,14 @@ from tqdm import tqdm
 from .constants import ACTION_STAGE, DEFAULT_PROMPT
 from .data import ActionDataCollator, ActionDatasetProcessor
 from .data.context import ActionDataError, media_error
+from .data.video_reader import VideoWindow, plan_video
 from .data.videos import check_video
 from .log import get_logger
 from .model import load_action_model, load_action_tokenizer
-from .model.decoding import class_names, decode
+from .model.decoding import class_names, combine_clips, decode
 from .model.head_config import head_arguments, load_head_config
 from .model.loader import find_head_directory
+from .model.timeline import clip_windows, timeline_result, timeline_windows
 from .stage_patches import model_loading_options
 from .stage_patches import register_stage as register
 
@@ -236,17 +238,87 @@ class ActionClassifier:
         rows = iter(self.forward(batch) if batch is not None else [])
         return [outcome if isinstance(outcome, ActionDataError) else next(rows) for outcome in outcomes]
 
+    def clip_windows(self, video: str, test_clips: int) -> list[VideoWindow]:
+        r"""``test_clips`` contiguous windows of equal length that cover ``video`` from its first frame to its end.
+
+        Each is sampled with the whole frame budget (``video_fps``, ``video_maxlen``) by the reader's plan.
+        """
+        return [VideoWindow(video, start, end) for start, end in clip_windows(self.duration(video), test_clips)]
+
+    def duration(self, video: str) -> float:
+        r"""Seconds of ``video`` by the reader's plan; an ActionDataError naming the file if it cannot be read."""
+        try:
+            return plan_video(video, *self.video_settings).duration
+        except Exception as err:  # the reader names the file and says what to fix
+            raise media_error(err, None, video) from err
+
+    def split_clips(self, videos: list[str], test_clips: int) -> tuple[list[VideoWindow], list[int | ActionDataError]]:
+        r"""The clips of ``videos`` in order, and per video its number of clips or the error that stopped it.
+
+        With :meth:`join_clips` around :meth:`prepare` / :meth:`classify_prepared`, a batch runner classifies the
+        clips wherever it prepares videos (``ivcp.batch`` prepares in forked workers).
+        """
+        clips: list[VideoWindow] = []
+        layout: list[int | ActionDataError] = []
+        for video in videos:
+            try:
+                windows = self.clip_windows(video, test_clips)
+            except ActionDataError as err:
+                layout.append(err)
+                continue
+            clips.extend(windows)
+            layout.append(len(windows))
+        return clips, layout
+
+    def join_clips(
+        self, layout: list[int | ActionDataError], rows: list[torch.Tensor | ActionDataError], combine: str = "mean"
+    ) -> list[torch.Tensor | ActionDataError]:
+        r"""Per video, its clips' ``rows`` combined by :func:`ivcp.model.decoding.combine_clips`, or the first error."""
+        rows = iter(rows)
+        outcomes = []
+        for entry in layout:
+            if isinstance(entry, ActionDataError):
+                outcomes.append(entry)
+                continue
+            clip_rows = [next(rows) for _ in range(entry)]
+            error = next((row for row in clip_rows if isinstance(row, ActionDataError)), None)
+            outcomes.append(error or combine_clips(torch.stack(clip_rows), self.model.problem_type, combine))
+        return outcomes
+
+    def classify_clips(
+        self, videos: list[str], prompt: str = DEFAULT_PROMPT, test_clips: int = 1, combine: str = "mean"
+    ) -> list[torch.Tensor | ActionDataError]:
+        r"""Per video, one row of logits for its ``test_clips`` clips together (see :meth:`clip_windows`).
+
+        The clips of all ``videos`` go through the model as one batch. A video any clip of which fails gets that
+        clip's error. With one clip this is :meth:`classify_batch` itself.
+        """
+        if test_clips == 1:
+            return self.classify_batch(videos, prompt)
+
+        clips, layout = self.split_clips(videos, test_clips)
+        return self.join_clips(layout, self.classify_batch(clips, prompt) if clips else [], combine)
+
     def _batches(
-        self, videos: list[str], prompt: str, batch_size: int, progress: bool
-    ) -> Iterator[list[torch.Tensor | ActionDataError]]:
-        for start in tqdm(range(0, len(videos), batch_size), disable=not progress, desc="Classifying", unit="batch"):
-            yield self.classify_batch(videos[start : start + batch_size], prompt)
+        self,
+        videos: list[str],
+        prompt: str,
+        batch_size: int,
+        progress: bool,
+        test_clips: int = 1,
+        combine: str = "mean",
+    ) -> Iterator[tuple[int, list[torch.Tensor | ActionDataError]]]:
+        r"""(first video, its outcomes) per batch; a batch holds ``batch_size`` clips, whole videos' clips at least."""
+        clip_windows(1.0, test_clips)  # a bad count fails before any video is read
+        step = max(1, batch_size // test_clips)
+        for start in tqdm(range(0, len(videos), step), disable=not progress, desc="Classifying", unit="batch"):
+            yield start, self.classify_clips(videos[start : start + step], prompt, test_clips, combine)
 
     def predict_logits(
         self, videos: list[str], prompt: str = DEFAULT_PROMPT, batch_size: int = 8, progress: bool = False
     ) -> torch.Tensor:
         r"""Class logits of each video, shape [len(videos), num_classes]; raises the first video's error."""
-        rows = [outcome for outcomes in self._batches(videos, prompt, batch_size, progress) for outcome in outcomes]
+        rows = [row for _, outcomes in self._batches(videos, prompt, batch_size, progress) for row in outcomes]
         for row in rows:
             if isinstance(row, ActionDataError):
                 raise row
@@ -267,12 +339,12 @@ class ActionClassifier:
         prompt: str = DEFAULT_PROMPT,
         batch_size: int = 8,
         progress: bool = False,
+        test_clips: int = 1,
+        combine: str = "mean",
     ) -> Iterator[dict[str, Any]]:
         r"""The results of :meth:`predict`, in order, each as soon as its batch is done."""
-        for outcomes, start in zip(  # the batches first: zip then runs them to their end, and the bar to 100%
-            self._batches(videos, prompt, batch_size, progress), range(0, len(videos), batch_size)
-        ):
-            for video, outcome in zip(videos[start : start + batch_size], outcomes):
+        for start, outcomes in self._batches(videos, prompt, batch_size, progress, test_clips, combine):
+            for video, outcome in zip(videos[start:], outcomes):
                 yield self.result(video, outcome, top_k)
 
     def predict(
@@ -282,6 +354,8 @@ class ActionClassifier:
         prompt: str = DEFAULT_PROMPT,
         batch_size: int = 8,
         progress: bool = False,
+        test_clips: int = 1,
+        combine: str = "mean",
     ) -> dict[str, Any] | list[dict[str, Any]]:
         r"""Top-k classes with probabilities and names for one video or a list of videos.
 
@@ -290,11 +364,56 @@ class ActionClassifier:
 
         A video that cannot be read or processed, or whose logits are not finite, gets ``{"video", "error",
         "error_kind"}`` instead; the others are classified.
+
+        With ``test_clips`` N > 1, each video is cut into N contiguous clips of equal length, each sampled with the
+        whole frame budget, and the clips' answers are combined (``combine``: ``mean`` of probabilities, ``logits``
+        or ``max``; see :func:`ivcp.model.decoding.combine_clips`); it costs N forward passes per video.
         """
         single = isinstance(videos, str)
-        results = list(self.iter_predict([videos] if single else list(videos), top_k, prompt, batch_size, progress))
+        videos = [videos] if single else list(videos)
+        results = list(self.iter_predict(videos, top_k, prompt, batch_size, progress, test_clips, combine))
         return results[0] if single else results
 
     def decode(self, logits: torch.Tensor, top_k: int = 5) -> list[dict[str, Any]]:
         r"""The head's own rule (:func:`ivcp.model.decoding.decode`): softmax top-k, or sigmoid >= threshold."""
         return decode(logits, self.model.problem_type, self.model.threshold, self.names, top_k)
+
+    def timeline(
+        self,
+        video: str,
+        window: float,
+        stride: float | None = None,
+        segment_threshold: float | None = None,
+        top_k: int = 5,
+        prompt: str = DEFAULT_PROMPT,
+        batch_size: int = 8,
+    ) -> dict[str, Any]:
+        r"""Which class when: ``video`` classified in windows of ``window`` seconds every ``stride`` seconds.
+
+        Returns ``{"video", <the whole-video answer>, "timeline": {"windows": [{start, end, probabilities}],
+        "segments": [{start, end, label, class, score}]}}`` (see :func:`ivcp.model.timeline.timeline_result`), or
+        ``{"video", "error", "error_kind"}``. Each window is sampled with the whole frame budget: one forward pass
+        per window.
+        """
+        try:
+            spans = timeline_windows(self.duration(video), window, stride)
+        except ActionDataError as err:
+            return self.result(video, err, top_k)
+
+        clips = [VideoWindow(video, start, end) for start, end in spans]
+        rows = [
+            row
+            for i in range(0, len(clips), batch_size)
+            for row in self.classify_batch(clips[i : i + batch_size], prompt)
+        ]
+        error = next((row for row in rows if isinstance(row, ActionDataError)), None)
+        if error is not None:
+            return self.result(video, error, top_k)
+
+        model = self.model
+        return {
+            "video": video,
+            **timeline_result(
+                spans, torch.stack(rows), model.problem_type, model.threshold, self.names, top_k, segment_threshold
+            ),
+        }

@@ -3,6 +3,8 @@
     ivcp show-frames clip.webm phone.mp4 --video_fps 2 --video_maxlen 16 --template qwen2_vl --json --sheet sheets/
     ivcp show-frames clip.avi examples/train_lora/qwen2vl_action_cls.yaml --sheet sheets/
     ivcp show-frames clip.mp4 --model Qwen/Qwen2-VL-2B-Instruct --template qwen2_vl --json
+    ivcp show-frames long.mp4 --video_maxlen 8 --test_clips 4          # the frames of each of 4 clips
+    ivcp show-frames long.mp4 --video_maxlen 8 --window 2 --stride 1   # of each timeline window
 
 With a template (given, or from the training YAML) the frames are those its mm_plugin hands to the processor:
 after resizing to ``video_max_pixels`` and the family's rules (Qwen2-VL repeats the last frame of an odd count).
@@ -46,6 +48,9 @@ def add_parser(commands: Any) -> None:
     show.add_argument("--video_maxlen", type=int, default=None)
     show.add_argument("--video_max_pixels", type=int, default=None)
     show.add_argument("--video_min_pixels", type=int, default=None)
+    show.add_argument("--test_clips", type=int, default=1, help="show the frames of each of N clips (multi-clip)")
+    show.add_argument("--window", type=float, default=None, help="show the frames of each timeline window (s)")
+    show.add_argument("--stride", type=float, default=None, help="seconds between timeline windows (default: window)")
     show.add_argument("--json", action="store_true", help="print one JSON object per video per line")
     show.add_argument("--sheet", default=None, metavar="DIR", help="write a PNG contact sheet per video into DIR")
 
@@ -128,6 +133,18 @@ def describe(video: str, settings: dict[str, Any], plugin: Any, processor: Any =
     return info, frames
 
 
+def parts(video: str, settings: dict[str, Any], test_clips: int, window: float | None, stride: float | None) -> list:
+    r"""``video`` itself, or its clips (``test_clips``) or timeline windows, as the classifier reads them."""
+    from .data.video_reader import VideoWindow, plan_video
+    from .model.timeline import clip_windows, timeline_windows
+
+    if test_clips == 1 and window is None:
+        return [video]
+    duration = plan_video(video, settings["video_fps"], settings["video_maxlen"]).duration
+    spans = clip_windows(duration, test_clips) if window is None else timeline_windows(duration, window, stride)
+    return [VideoWindow(video, start, end) for start, end in spans]
+
+
 def write_sheet(path: str, info: dict[str, Any], frames: list) -> None:
     r"""The frames in a grid, each titled with its index in the file and its time."""
     import matplotlib
@@ -155,6 +172,20 @@ def write_sheet(path: str, info: dict[str, Any], frames: list) -> None:
     plt.close(figure)
 
 
+def _print(video: str, info: dict[str, Any], tokens: bool, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info), flush=True)
+        return
+
+    window = f" [{info['window'][0]:g} s, {info['window'][1]:g} s)" if "window" in info else ""
+    print(
+        f"{video}{window}: {len(info['sampled_frames'])} of {info['frames_in_file']} frames "
+        f"{info['sampled_frames']} at {info['timestamps']} s, size {info['frame_size']}, "
+        f"rotation {info['rotation']}" + (f", {info['video_tokens']} video tokens" if tokens else ""),
+        flush=True,
+    )
+
+
 def show_frames(args: argparse.Namespace) -> int:
     from .data.video_reader import VideoReadError
 
@@ -166,23 +197,15 @@ def show_frames(args: argparse.Namespace) -> int:
     failed = 0
     for video in videos:
         try:
-            info, frames = describe(video, settings, plugin, processor)
+            for k, part in enumerate(parts(video, settings, args.test_clips, args.window, args.stride)):
+                info, frames = describe(part, settings, plugin, processor)
+                _print(video, info, processor is not None, args.json)
+                if args.sheet:
+                    suffix = f".part{k}" if "window" in info else ""
+                    write_sheet(os.path.join(args.sheet, f"{os.path.basename(video)}{suffix}.png"), info, frames)
         except VideoReadError as err:
             failed += 1
             print(f"ivcp show-frames: {err}", file=sys.stderr)
-            continue
-
-        if args.json:
-            print(json.dumps(info), flush=True)
-        else:
-            print(
-                f"{video}: {len(info['sampled_frames'])} of {info['frames_in_file']} frames "
-                f"{info['sampled_frames']} at {info['timestamps']} s, size {info['frame_size']}, "
-                f"rotation {info['rotation']}" + (f", {info['video_tokens']} video tokens" if processor else ""),
-                flush=True,
-            )
-        if args.sheet:
-            write_sheet(os.path.join(args.sheet, f"{os.path.basename(video)}.png"), info, frames)
 
     if failed:
         print(f"ivcp show-frames: {failed} of {len(videos)} videos cannot be read.", file=sys.stderr)

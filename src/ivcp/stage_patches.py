@@ -51,6 +51,8 @@ REQUIRED_NAMES = {
     "llamafactory.train.callbacks": ["LogCallback", "ReporterCallback", "SaveProcessorCallback"],
     "llamafactory.train.trainer_utils": ["create_custom_optimizer", "create_custom_scheduler"],
     "llamafactory.api.app": ["run_api"],
+    # HF Trainer's private hook ActionClsTrainer overrides (action_token_own_clip): gone, it would silently not run
+    "transformers.trainer": ["Trainer._clip_grad_norm"],
 }
 
 _registered = False

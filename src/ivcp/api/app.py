@@ -160,7 +160,9 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
         try:
             path, temporary = await policy.to_file(url, http_client["client"])
             sampling = service.variant(request.video_fps, request.video_maxlen)
-            return await service.classify(sampling, path, prompt, owner)
+            if request.test_clips == 1 and request.window is None:
+                return await service.classify(sampling, path, prompt, owner)
+            return await service.classify_windows(sampling, path, prompt, owner, request)
         except Exception as err:  # noqa: BLE001  (one input's failure is its own result)
             return input_error(err, description, describe_url(url), path)
         finally:
@@ -183,7 +185,7 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
                 await work
             return JSONResponse(error_body("the client closed the connection.", 499), 499)
 
-        code, content = classification_body(work.result(), head, body.top_k, model_name)
+        code, content = classification_body(work.result(), head, body.top_k, model_name, body.segment_threshold)
         return JSONResponse(content, code)
 
     body_schema = ClassificationRequest.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -9,8 +9,11 @@ from typing import Any, Literal
 from llamafactory.api.protocol import ChatMessage, MultimodalInputItem
 from pydantic import BaseModel, Field
 
+from ..model.decoding import CLIP_COMBINATIONS
+
 
 MAX_VIDEO_FPS = 240.0  # more than any camera records; the samples are capped by video_maxlen anyway
+MAX_CLIPS = 64  # clips or timeline windows of one video: each is a forward pass
 
 
 class ClassificationRequest(BaseModel):
@@ -20,6 +23,12 @@ class ClassificationRequest(BaseModel):
     top_k: int = Field(default=5, ge=1)
     video_fps: float | None = Field(default=None, gt=0, le=MAX_VIDEO_FPS, allow_inf_nan=False)
     video_maxlen: int | None = Field(default=None, ge=1)
+    # long videos (docs/long_videos.md): N clips combined, or a timeline of windows (seconds)
+    test_clips: int = Field(default=1, ge=1, le=MAX_CLIPS)
+    clip_combine: Literal[CLIP_COMBINATIONS] = "mean"
+    window: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    stride: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    segment_threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     user: str | None = None
 
 
@@ -42,6 +51,7 @@ class ClassificationData(BaseModel):
     name: str | None = None
     names: list[str] | None = None
     classes: list[ClassProbability] | None = None
+    timeline: dict[str, Any] | None = None  # with `window`: ivcp.model.timeline.timeline_result's
     error: dict[str, Any] | None = None
 
 

@@ -16,7 +16,8 @@ import torch
 from llamafactory.extras import logging
 
 from ..data.context import ActionDataError
-from ..model.decoding import decode, probabilities
+from ..model.decoding import combine_clips, decode, probabilities
+from ..model.timeline import timeline_result
 from .media import MediaError
 from .parsing import InputError
 from .protocol import ClassificationData, ClassificationResponse, error_body
@@ -64,18 +65,32 @@ def input_error(err: Exception, description: str, url: str, server_path: str | N
     return InputError(f"{description}: internal error ({type(err).__name__}).", 500)
 
 
-def video_result(index: int, outcome: tuple[torch.Tensor, int] | InputError, head: HeadInfo, top_k: int):
+def video_result(
+    index: int,
+    outcome: tuple[torch.Tensor, int] | InputError,
+    head: HeadInfo,
+    top_k: int,
+    segment_threshold: float | None = None,
+):
     r"""One video's entry: vLLM's fields beside :func:`ivcp.model.decoding.decode`'s result, or the video's error.
 
-    Non-finite logits (an fp16 overflow, say) fail only this video, with a 500: the server's model, not the client,
-    is at fault.
+    A timeline's outcome (its windows' logits) adds :func:`ivcp.model.timeline.timeline_result`'s ``timeline``;
+    ``label`` and ``probs`` are then those of the whole video (the windows' mean). Non-finite logits (an fp16
+    overflow, say) fail only this video, with a 500: the server's model, not the client, is at fault.
     """
     num_classes = len(head.names)
     if isinstance(outcome, InputError):
         return ClassificationData(index=index, num_classes=num_classes, error=error_body(str(outcome), outcome.status))
 
-    logits = outcome[0][None]
-    result = decode(logits, head.problem_type, head.threshold, head.names, top_k)[0]
+    value = outcome[0]
+    if isinstance(value, torch.Tensor):
+        logits = value[None]
+        result = decode(logits, head.problem_type, head.threshold, head.names, top_k)[0]
+    else:  # a timeline: the whole video's answer is its windows' mean
+        logits = combine_clips(value.logits, head.problem_type)[None]
+        result = timeline_result(
+            value.windows, value.logits, head.problem_type, head.threshold, head.names, top_k, segment_threshold
+        )
     if "error" in result:
         return ClassificationData(index=index, num_classes=num_classes, error=error_body(result["error"], 500))
 
@@ -90,7 +105,11 @@ def video_result(index: int, outcome: tuple[torch.Tensor, int] | InputError, hea
 
 
 def classification_body(
-    outcomes: list[tuple[torch.Tensor, int] | InputError], head: HeadInfo, top_k: int, model_name: str
+    outcomes: list[tuple[torch.Tensor, int] | InputError],
+    head: HeadInfo,
+    top_k: int,
+    model_name: str,
+    segment_threshold: float | None = None,
 ) -> tuple[int, dict[str, Any]]:
     r"""(HTTP status, body) of a request: 200 with every video's result or error, or the error when all failed."""
     failed = [outcome for outcome in outcomes if isinstance(outcome, InputError)]
@@ -104,7 +123,7 @@ def classification_body(
         id=f"classify-{uuid.uuid4().hex}",
         created=int(time.time()),
         model=model_name,
-        data=[video_result(i, outcome, head, top_k) for i, outcome in enumerate(outcomes)],
+        data=[video_result(i, outcome, head, top_k, segment_threshold) for i, outcome in enumerate(outcomes)],
         usage={"prompt_tokens": tokens, "total_tokens": tokens},
     )
     return 200, response.model_dump(by_alias=True, exclude_none=True)

@@ -34,11 +34,14 @@ import numpy as np
 import torch
 from llamafactory.extras import logging
 
-from ..data.context import ActionDataError
-from ..data.video_reader import plan_video
+from ..data.context import ActionDataError, media_error
+from ..data.video_reader import VideoWindow, plan_video
 from ..data.videos import clear_read_caches
 from ..inference import ActionClassifier
+from ..model.decoding import combine_clips
+from ..model.timeline import clip_windows, timeline_windows
 from .media import MediaError
+from .protocol import MAX_CLIPS, ClassificationRequest
 
 
 logger = logging.get_logger(__name__)
@@ -54,6 +57,33 @@ _VARIANTS: "OrderedDict[tuple[int, tuple[float, int]], ActionClassifier]" = Orde
 class VideoLimits:
     max_seconds: float
     max_frame_pixels: int
+
+
+@dataclass(frozen=True)
+class WindowLogits:
+    r"""A timeline's outcome: the windows (seconds) and one row of logits each."""
+
+    windows: list[tuple[float, float]]
+    logits: torch.Tensor
+
+
+def _windows(path: str, settings: tuple[float, int], request: ClassificationRequest) -> list[tuple[float, float]]:
+    r"""The clips (``test_clips``) or timeline windows (``window``, ``stride``) of a request's video, in seconds."""
+    try:
+        duration = plan_video(path, *settings).duration
+    except Exception as err:  # the reader names the file and what to fix
+        raise media_error(err, None, path) from err
+
+    if request.window is None:
+        return clip_windows(duration, request.test_clips)
+    windows = timeline_windows(duration, request.window, request.stride)
+    if len(windows) > MAX_CLIPS:
+        raise MediaError(
+            f"the timeline would take {len(windows)} windows of the {duration:.0f} s video, more than {MAX_CLIPS}: "
+            "use a longer `stride`.",
+            413,
+        )
+    return windows
 
 
 @dataclass
@@ -276,6 +306,22 @@ class ClassifierService:
         pending = _Pending(settings, path, prompt, owner, asyncio.get_running_loop().create_future())
         self.queue.put(pending)
         return await pending.future
+
+    async def classify_windows(
+        self, settings: tuple[float, int], path: str, prompt: str, owner: int, request: ClassificationRequest
+    ) -> tuple[torch.Tensor | WindowLogits, int]:
+        r"""One video as ``test_clips`` clips (their combined logits) or as a timeline (:class:`WindowLogits`).
+
+        Each clip goes through the batches as a video of its own, so the clips of one video share batches; the
+        prompt tokens of every clip are counted. Raises the first failing clip's error.
+        """
+        windows = await asyncio.to_thread(_windows, path, settings, request)  # demuxing stays off the event loop
+        clips = [VideoWindow(path, start, end) for start, end in windows]
+        outcomes = await asyncio.gather(*(self.classify(settings, clip, prompt, owner) for clip in clips))
+        logits, tokens = torch.stack([row for row, _ in outcomes]), sum(count for _, count in outcomes)
+        if request.window is not None:
+            return WindowLogits(windows, logits), tokens
+        return combine_clips(logits, self.classifier.model.problem_type, request.clip_combine), tokens
 
     async def _batching_loop(self) -> None:
         while True:

@@ -13,7 +13,7 @@ import os
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from .video_reader import plan_video, read_frames
+from .video_reader import plan_video, read_plans
 
 
 if TYPE_CHECKING:
@@ -31,7 +31,8 @@ class VideoReaderMixin:
         video_fps, video_maxlen = kwargs.get("video_fps", 2.0), kwargs.get("video_maxlen", 128)
         plans = {i: plan_video(video, video_fps, video_maxlen) for i, video in enumerate(videos) if _is_file(video)}
         max_pixels = kwargs.get("image_max_pixels")
-        inputs = [read_frames(plans[i], max_pixels) if i in plans else video for i, video in enumerate(videos)]
+        read = dict(zip(plans, read_plans(list(plans.values()), max_pixels)))  # a video's clips: one decode
+        inputs = [read[i] if i in plans else video for i, video in enumerate(videos)]
         output = super()._regularize_videos(inputs, **kwargs)
         for i, plan in plans.items():  # the plugin took the frames for pre-sampled images: give it the real timing
             if "durations" in output:

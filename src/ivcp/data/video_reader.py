@@ -21,7 +21,7 @@ import bisect
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,35 @@ class VideoReadError(ValueError):
         self.kind = kind
 
 
+class VideoWindow(str):
+    r"""The path of a video file that stands for the part of it from ``start`` to ``end`` seconds.
+
+    It goes wherever a path goes (the encoder, the collator, LLaMA-Factory's plugin), and :func:`plan_video` samples
+    inside its window with the usual rule, so token counting and decoding agree for a clip as for a whole file. It
+    compares and hashes with its window, so no cache takes one clip for another.
+    """
+
+    def __new__(cls, path: str | os.PathLike, start: float, end: float) -> "VideoWindow":  # noqa: PYI034
+        if not 0 <= start < end:
+            raise ValueError(f"a video window needs 0 <= start < end, got {start}..{end} for {os.fspath(path)!r}.")
+        window = super().__new__(cls, os.fspath(path))
+        window.start, window.end = float(start), float(end)
+        return window
+
+    def __reduce__(self):  # pickled into decode workers with its window
+        return VideoWindow, (str(self), self.start, self.end)
+
+    def __eq__(self, other: object) -> bool:
+        same_window = isinstance(other, VideoWindow) and (self.start, self.end) == (other.start, other.end)
+        return same_window and str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((str(self), self.start, self.end))
+
+
 @dataclass(frozen=True)
 class VideoPlan:
     r"""Which frames of ``path`` the model sees, in presentation order, and how they are shown."""
@@ -70,6 +99,7 @@ class VideoPlan:
     timestamps: tuple[float, ...]  # seconds from the first frame
     sample_pts: tuple[int | None, ...]  # stream timestamps of the samples (None: the container has none)
     keyframe_pts: tuple[int, ...]  # sorted keyframe timestamps (empty: no seeking)
+    window: tuple[float, float] | None = None  # (start, end) seconds the samples are taken from; None: the whole file
 
     def summary(self) -> dict[str, Any]:
         r"""What ``ivcp show-frames --json`` prints."""
@@ -80,6 +110,10 @@ class VideoPlan:
         info["sampled_frames"] = list(self.sample_indices)
         info["timestamps"] = [round(t, 4) for t in self.timestamps]
         info["frame_size"] = list(self.frame_size)
+        if self.window is None:
+            info.pop("window")
+        else:
+            info["window"] = [round(t, 4) for t in self.window]
         return info
 
 
@@ -122,9 +156,9 @@ def _open(path: str) -> "av.container.InputContainer":
         return av.open(path, "r", container_options=_OPEN_OPTIONS)
     except av.ValueError as err:
         raise VideoReadError(
-            f"{path!r}, which is not in a video container this reader opens ({err}): only mp4/mov/3gp, mkv/webm, "
-            f"avi, MPEG-TS, FLV, MPEG-PS and ASF/WMV files are read (playlists, concat lists and image sequences "
-            f"never): {REENCODE_HINT}."
+            path,
+            f"is not in a video container this reader opens ({err}): only mp4/mov/3gp, mkv/webm, avi, MPEG-TS, FLV, "
+            "MPEG-PS and ASF/WMV files are read (playlists, concat lists and image sequences never)",
         ) from err
     except (av.FFmpegError, OSError) as err:
         raise VideoReadError(path, f"cannot be read by PyAV ({_cause(err)})") from err
@@ -133,9 +167,10 @@ def _open(path: str) -> "av.container.InputContainer":
 def _check_frame_size(stream: "av.video.stream.VideoStream", path: str) -> None:
     if stream.width * stream.height > MAX_FRAME_PIXELS:
         raise VideoReadError(
-            f"{path!r} has {stream.width}x{stream.height} frames, more than the reader's limit of "
-            f"{MAX_FRAME_PIXELS} pixels (8192x4320): downscale it (e.g. `ffmpeg -i in.mp4 -vf scale=-2:1080 "
-            "out.mp4`).",
+            path,
+            f"has {stream.width}x{stream.height} frames, more than the reader's limit of {MAX_FRAME_PIXELS} pixels "
+            "(8192x4320)",
+            fix="downscale it (e.g. `ffmpeg -i in.mp4 -vf scale=-2:1080 out.mp4`)",
             kind="frames too large",
         )
 
@@ -143,10 +178,25 @@ def _check_frame_size(stream: "av.video.stream.VideoStream", path: str) -> None:
 def clear_plan_cache() -> None:
     r"""Forget every plan: a server calls it after each batch, since its uploads' temporary paths never repeat."""
     _plan.cache_clear()
+    _scan.cache_clear()
 
 
-@lru_cache(maxsize=65536)
-def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int) -> VideoPlan:
+@dataclass(frozen=True)
+class _Stream:
+    r"""What demuxing a file tells (no decoding beyond its first frame): every frame's time, the keyframes."""
+
+    frames: int
+    header_frames: int
+    duration: float
+    rotation: int
+    frame_size: tuple[int, int]  # (height, width), upright
+    timestamps: tuple[float, ...]  # of every frame, seconds from the first
+    pts: tuple[int, ...] | None  # of every frame, sorted (None: the container has none usable)
+    keyframe_pts: tuple[int, ...]
+
+
+@lru_cache(maxsize=4096)
+def _scan(path: str, stamp: tuple[int, int]) -> _Stream:
     r"""``stamp`` (size, mtime) keys the cache so that a file changed on disk is read again."""
     container = _open(path)
     try:
@@ -195,28 +245,62 @@ def _plan(path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int
     finally:
         container.close()
 
-    indices = sample_indices(total, duration, video_fps, video_maxlen)
     height, width = stream.height, stream.width
     if rotation in (90, 270):
         height, width = width, height
-    return VideoPlan(
-        path=path,
-        frames_in_file=total,
+    return _Stream(
+        frames=total,
         header_frames=announced,
         duration=duration,
-        average_fps=total / duration,
         rotation=rotation,
         frame_size=(height, width),
-        sample_indices=tuple(indices),
-        timestamps=tuple(timestamps[i] for i in indices),
-        sample_pts=tuple(pts[i] for i in indices) if has_pts else (None,) * len(indices),
+        timestamps=tuple(timestamps),
+        pts=tuple(pts) if has_pts else None,
         keyframe_pts=tuple(sorted(keyframes)) if has_pts else (),
     )
 
 
+def _window_frames(scan: _Stream, window: tuple[float, float] | None) -> tuple[int, int, float]:
+    r"""(first frame, frame count, seconds) of ``window``: the frames whose time is in [start, end), at least one."""
+    if window is None:
+        return 0, scan.frames, scan.duration
+
+    start, end = window
+    first = min(bisect.bisect_left(scan.timestamps, start), scan.frames - 1)
+    stop = max(bisect.bisect_left(scan.timestamps, end), first + 1)
+    return first, stop - first, max(min(end, scan.duration) - start, 0.0)
+
+
+@lru_cache(maxsize=65536)
+def _plan(
+    path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int, window: tuple[float, float] | None
+) -> VideoPlan:
+    scan = _scan(path, stamp)
+    first, count, seconds = _window_frames(scan, window)
+    indices = [first + i for i in sample_indices(count, seconds, video_fps, video_maxlen)]
+    return VideoPlan(
+        path=path,
+        frames_in_file=scan.frames,
+        header_frames=scan.header_frames,
+        duration=scan.duration,
+        average_fps=scan.frames / scan.duration,
+        rotation=scan.rotation,
+        frame_size=scan.frame_size,
+        sample_indices=tuple(indices),
+        timestamps=tuple(scan.timestamps[i] for i in indices),
+        sample_pts=tuple(scan.pts[i] for i in indices) if scan.pts else (None,) * len(indices),
+        keyframe_pts=scan.keyframe_pts,
+        window=window,
+    )
+
+
 def plan_video(path: str | os.PathLike, video_fps: float, video_maxlen: int) -> VideoPlan:
-    r"""The frames of ``path`` the model sees at these settings; raises :class:`VideoReadError` naming the file."""
-    path = os.fspath(path)
+    r"""The frames of ``path`` the model sees at these settings; raises :class:`VideoReadError` naming the file.
+
+    A :class:`VideoWindow` is sampled inside its window only, with the same rule (and frame budget) as a whole file.
+    """
+    window = (path.start, path.end) if isinstance(path, VideoWindow) else None
+    path = str(os.fspath(path))  # a plain path: the plan never carries the window's str subclass
     try:
         status = os.stat(path)
     except OSError as err:
@@ -224,7 +308,7 @@ def plan_video(path: str | os.PathLike, video_fps: float, video_maxlen: int) -> 
             path, f"cannot be read ({err.strerror})", kind="video missing", fix="fix the path"
         ) from err
 
-    return _plan(path, (status.st_size, status.st_mtime_ns), float(video_fps), int(video_maxlen))
+    return _plan(path, (status.st_size, status.st_mtime_ns), float(video_fps), int(video_maxlen), window)
 
 
 def _upright(frame: "av.VideoFrame", rotation: int, max_pixels: int | None) -> "Image":
@@ -265,7 +349,7 @@ def _decode_by_pts(container, stream, plan: VideoPlan, fast: bool, convert: Call
         if target in found:
             continue
         slot = bisect.bisect_right(keyframes, target) - 1
-        if fast and position is not None and slot >= 0 and keyframes[slot] > position:
+        if fast and slot >= 0 and keyframes[slot] > (keyframes[0] if position is None else position):
             container.seek(keyframes[slot], stream=stream)
             frames = _decoded(container, stream, wanted, fast)
         for frame in frames:
@@ -345,3 +429,40 @@ def read_frames(plan: VideoPlan, max_pixels: int | None = None) -> list["Image"]
     With ``max_pixels``, larger frames are shrunk to it (keeping their aspect ratio) as they are converted.
     """
     return decode_frames(plan, lambda frame: _upright(frame, plan.rotation, max_pixels))
+
+
+def _union(plans: list[VideoPlan]) -> VideoPlan:
+    r"""One plan holding the samples of ``plans`` (of one file), in order, each once."""
+    samples = {}
+    for plan in plans:
+        samples.update(zip(plan.sample_indices, zip(plan.timestamps, plan.sample_pts)))
+    order = sorted(samples)
+    return replace(
+        plans[0],
+        sample_indices=tuple(order),
+        timestamps=tuple(samples[i][0] for i in order),
+        sample_pts=tuple(samples[i][1] for i in order),
+        window=None,
+    )
+
+
+def read_plans(plans: list[VideoPlan], max_pixels: int | None = None) -> list[list["Image"]]:
+    r"""The frames of each plan, as :func:`read_frames` gives them; the plans of one file are decoded in one pass.
+
+    The clips or timeline windows of one video in a batch so cost one decode of the frames they need, each frame
+    decoded once, instead of one decode per clip from the keyframe before it.
+    """
+    by_path: dict[str, list[int]] = {}
+    for i, plan in enumerate(plans):
+        by_path.setdefault(plan.path, []).append(i)
+
+    frames: list[list[Image] | None] = [None] * len(plans)
+    for members in by_path.values():
+        if len(members) == 1:
+            frames[members[0]] = read_frames(plans[members[0]], max_pixels)
+            continue
+        union = _union([plans[i] for i in members])
+        decoded = dict(zip(union.sample_indices, read_frames(union, max_pixels)))
+        for i in members:
+            frames[i] = [decoded[index] for index in plans[i].sample_indices]
+    return frames

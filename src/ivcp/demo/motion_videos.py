@@ -31,7 +31,7 @@ VIDEO_QA = (  # (question, answer template) pairs of the video QA demo
 _STEPS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (row, column) per frame
 
 
-def _render_frames(direction: str, rng: "Generator", num_frames: int, size: int) -> np.ndarray:
+def render_motion_frames(direction: str, rng: "Generator", num_frames: int, size: int) -> np.ndarray:
     r"""Frames of shape (num_frames, size, size, 3), uint8, of a square moving in ``direction``."""
     square = int(rng.integers(12, 21))
     speed = int(rng.integers(3, 6))  # pixels per frame
@@ -59,7 +59,7 @@ def write_motion_clip(
     if direction not in _STEPS:
         raise ValueError(f"Unknown direction {direction!r}: use one of {DIRECTIONS}.")
 
-    write_clip(path, _render_frames(direction, rng, num_frames, size), fps)
+    write_clip(path, render_motion_frames(direction, rng, num_frames, size), fps)
 
 
 def write_clip(path: str, frames: np.ndarray, fps: int = 8) -> None:

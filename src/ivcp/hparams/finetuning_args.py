@@ -55,6 +55,13 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
             "help": "The `<ACTION>` embedding is trained with learning_rate * action_token_lr_scale; 0 freezes it."
         },
     )
+    action_token_own_clip: bool = field(
+        default=True,
+        metadata={
+            "help": "Clip the `<ACTION>` embedding's gradient to max_grad_norm on its own, outside the global norm of "
+            "the other parameters: its gradient is the model's largest and would set every parameter's clipping factor."
+        },
+    )
     action_problem_type: str = field(
         default="single_label",
         metadata={

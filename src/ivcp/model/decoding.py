@@ -45,6 +45,31 @@ def chosen(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
     return probabilities >= threshold
 
 
+CLIP_COMBINATIONS = ("mean", "logits", "max")  # how the clips of one video make its answer (`action_clip_combine`)
+
+
+def combine_clips(logits: torch.Tensor, problem_type: str, how: str = "mean") -> torch.Tensor:
+    r"""One row of logits for the clips of one video (``logits`` ``[clips, classes]``), to decode like any row.
+
+    ``mean`` averages the clips' probabilities (the usual multi-clip test), ``logits`` their logits, ``max`` takes
+    each class's highest probability (a single-label head renormalizes it). A combined probability is returned as
+    the logit that gives it back (``log p`` under softmax, ``logit p`` under sigmoid), so :func:`decode` stays the
+    one rule; a clip with non-finite logits makes the whole row non-finite, so the video gets decode's error.
+    """
+    if how not in CLIP_COMBINATIONS:
+        raise ValueError(f"the clips' combination must be one of {CLIP_COMBINATIONS}, got {how!r}.")
+    if not finite_rows(logits).all():
+        return torch.full(logits.shape[-1:], float("nan"))
+    if how == "logits":
+        return logits.float().mean(dim=0)
+
+    clips = probabilities(logits, problem_type)
+    combined = clips.mean(dim=0) if how == "mean" else clips.amax(dim=0)
+    if problem_type == MULTI_LABEL:
+        return torch.logit(combined.double(), eps=1e-12).float()
+    return combined.double().clamp_min(1e-300).log().float()
+
+
 def finite_rows(logits: torch.Tensor) -> torch.Tensor:
     r"""Per row, whether every logit is finite: the rows that can be decoded."""
     return torch.isfinite(logits).all(dim=-1)

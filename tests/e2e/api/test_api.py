@@ -539,7 +539,7 @@ def test_files_that_name_other_files_are_refused_whatever_their_name(served, url
     response = _classify(served, {"input": [url]})
     assert response.status_code == 400, response.text
     message = response.json()["message"]
-    assert "not in a video container this reader opens" in message or "cannot read" in message, message
+    assert "not in a video container this reader opens" in message or "cannot be read" in message, message
     assert "outside.ts" not in message and "nothing.ts" not in message and str(served["work_dir"]) not in message
     if url_kind == "playlist":  # the existence of the named file changes nothing
         assert message.replace(url, "URL") == _classify(served, {"input": ["playlist-missing.m3u8"]}).json()[
@@ -706,7 +706,7 @@ def test_uploads_and_base64_stay_off_the_event_loop_and_stale_temp_folders_go(se
             assert httpx.get(f"{url}/health", timeout=TIMEOUT).status_code == 200
             latencies.append(time.monotonic() - start)
             time.sleep(0.02)
-    assert upload.result().status_code == 400 and "cannot read" in upload.result().json()["message"]
+    assert upload.result().status_code == 400 and "cannot be read" in upload.result().json()["message"]
     start = time.monotonic()
     base64.b64decode(payload)
     decoding = time.monotonic() - start  # what the server did on its event loop, in one call, before

@@ -2,6 +2,14 @@
 
 This proves the gradient path video -> vision tower -> backbone -> <ACTION> hidden state -> head. It trains the
 shipped demo config (examples/demo) on freshly generated clips that the demo data never contained.
+
+One seed runs: the demo config's 42, on data seed 7 (it passes). Why one is enough: the recipe's spread over seeds is
+measured where it is cheap to repeat, not here. docs/learning.md (``benchmarks/learning_parity.py accuracy``) trains
+this data and recipe (warmup 0.1 instead of the demo's 0.05) on seeds 1-10: with the default
+``action_token_own_clip`` 9 of 10 reach >= 0.90 (mean 0.975, the worst 0.875), as many as or more than the
+hand-written reference loop (8 of 10); before it, seed 4 of the same data spent 11 epochs at chance and ended at
+0.896. So about one seed in ten of this recipe lands just under 0.90: a failure here is a regression to look into
+first, and a run of the multi-seed table tells it from a draw.
 """
 
 import os

@@ -7,6 +7,7 @@ square's position in every frame, hence the class's motion.
 
 import filecmp
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -116,3 +117,34 @@ def test_shipped_sft_sets_load_for_sft(tiny_model, tmp_path, dataset_name, size)
     train = get_dataset(template, model_args, data_args, training_args, "sft", **tokenizer_module)["train_dataset"]
     assert len(train) == size
     assert all(any(label != -100 for label in labels) for labels in train["labels"])  # the answers are learnt
+
+
+def _displacement(frames: np.ndarray) -> np.ndarray:
+    r"""The median (row, column) shift between consecutive frames of what moves (each pixel's temporal median removed)."""
+    moving = frames.astype(np.float32).mean(axis=-1)
+    moving -= np.median(moving, axis=0)  # the background and the static square
+    size = moving.shape[1]
+    shifts = []
+    for before, after in itertools.pairwise(moving):  # phase correlation on the torus: the disc wraps around
+        correlation = np.fft.ifft2(np.fft.fft2(after) * np.conj(np.fft.fft2(before))).real
+        shift = np.unravel_index(correlation.argmax(), correlation.shape)
+        shifts.append([(value + size // 2) % size - size // 2 for value in shift])
+    return np.median(np.array(shifts), axis=0)
+
+
+def test_diagonal_clips_move_along_their_class(tmp_path):
+    from ivcp.demo.diagonal_videos import DIAGONALS, make_diagonal_dataset
+
+    files = make_diagonal_dataset(str(tmp_path), num_train_per_class=2, num_test_per_class=1, seed=0)
+    assert set(read_json(tmp_path / "dataset_info.json")) == {"diagonal_train", "diagonal_test"}
+    for name, count in (("diagonal_train", 2), ("diagonal_test", 1)):
+        examples = read_json(files[name])
+        assert sorted(example["action_label"] for example in examples) == sorted(list(range(4)) * count)
+        for example in examples:
+            frames = _decode(str(tmp_path / example["videos"][0]))
+            assert frames.shape == (8, 48, 48, 3)
+            row_step, col_step = _displacement(frames)
+            up_or_down, left_or_right = DIAGONALS[example["action_label"]].split("-")
+            assert np.sign(row_step) == (-1 if up_or_down == "up" else 1), example
+            assert np.sign(col_step) == (-1 if left_or_right == "left" else 1), example
+            assert 4 <= abs(row_step) <= 6 and 4 <= abs(col_step) <= 6, (row_step, col_step)

@@ -172,7 +172,7 @@ def test_every_kind_trains_and_predicts_at_the_default_video_maxlen(tiny_model, 
     _dataset(data_dir, "with_truncated", [videos[0], wild_videos["truncated.webm"]], [0, 1])
     with pytest.raises(ActionDataError) as err:
         load_action_data(base_config(tiny_model, str(data_dir), str(tmp_path / "out2"), dataset="with_truncated"))
-    assert "example 1 of with_truncated.json has" in str(err.value) and "truncated.webm" in str(err.value)
+    assert "example 1 of with_truncated.json: " in str(err.value) and "truncated.webm" in str(err.value)
     assert "example 0 " not in str(err.value)
 
 

@@ -108,6 +108,34 @@ def test_action_token_lr_scale_zero_freezes_the_embedding(tiny_model, motion_dat
     assert model.action_decoder.net.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("own_clip", [True, False])
+def test_action_token_gradient_is_clipped_on_its_own(tiny_model, motion_data, tmp_path, own_clip):
+    # the row's gradient is the largest of the model (docs/learning.md): in the global norm it would set the
+    # clipping factor of every other parameter; on its own it is clipped to max_grad_norm like the rest together
+    max_norm = 1e-3  # below both norms: both sides are clipped
+    model, batch, (_, training_args, finetuning_args, tokenizer_module, dataset, collator) = _setup(
+        tiny_model, motion_data, tmp_path, max_grad_norm=max_norm, action_token_own_clip=own_clip
+    )
+    trainer = _trainer(model, training_args, finetuning_args, tokenizer_module, dataset, collator)
+    model(**batch).loss.backward()
+    row = model.action_embedding
+    others = [p for p in model.parameters() if p.grad is not None and p is not row]
+    norms = lambda: (row.grad.norm(), torch.nn.utils.get_total_norm([p.grad for p in others]))
+    row_before, others_before = norms()
+    assert row_before > max_norm and others_before > max_norm
+
+    logged = trainer._clip_grad_norm(model)
+    torch.testing.assert_close(logged.float(), torch.hypot(row_before, others_before))  # all gradients, unclipped
+    row_after, others_after = norms()
+    if own_clip:
+        torch.testing.assert_close(row_after, torch.tensor(max_norm), rtol=1e-3, atol=0)
+        torch.testing.assert_close(others_after, torch.tensor(max_norm), rtol=1e-3, atol=0)
+    else:  # one factor for all, set by the norm of everything
+        factor = max_norm / torch.hypot(row_before, others_before)
+        torch.testing.assert_close(row_after / row_before, factor, rtol=1e-3, atol=0)
+        torch.testing.assert_close(others_after / others_before, factor, rtol=1e-3, atol=0)
+
+
 def test_head_starts_from_action_decoder_path(tiny_model, motion_data, tmp_path):
     saved = ActionDecoder(hidden_size=64, num_classes=4)
     saved.save_pretrained(str(tmp_path / "head"), action_embedding=torch.full((64,), 0.5))

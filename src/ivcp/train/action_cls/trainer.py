@@ -125,6 +125,27 @@ class ActionClsTrainer(Trainer):
                 return
 
     @override
+    def _clip_grad_norm(self, model: "torch.nn.Module") -> torch.Tensor:
+        r"""With ``action_token_own_clip``: clip the ``<ACTION>`` row on its own, the other parameters together.
+
+        Returns the norm of all gradients before clipping, as HF Trainer logs it. DeepSpeed and FSDP clip inside
+        their engines (sharded gradients): there the row stays in the global norm.
+        """
+        row = self.model.action_embedding
+        if (
+            not self.finetuning_args.action_token_own_clip
+            or row.grad is None
+            or self.is_deepspeed_enabled
+            or self.is_fsdp_enabled
+        ):
+            return super()._clip_grad_norm(model)
+
+        others = [p for p in model.parameters() if p is not row]
+        others_norm = self.accelerator.clip_grad_norm_(others, self.args.max_grad_norm)  # unscales fp16 grads first
+        row_norm = torch.nn.utils.clip_grad_norm_([row], self.args.max_grad_norm)
+        return torch.sqrt(torch.as_tensor(others_norm).float() ** 2 + row_norm.float() ** 2)
+
+    @override
     def create_scheduler(
         self, num_training_steps: int, optimizer: Optional["torch.optim.Optimizer"] = None
     ) -> "torch.optim.lr_scheduler.LRScheduler":
