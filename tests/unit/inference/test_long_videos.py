@@ -20,8 +20,7 @@ from ivcp.inference import ActionClassifier
 from ivcp.model.decoding import combine_clips, decode, probabilities
 from ivcp.model.multi_label import MULTI_LABEL, SINGLE_LABEL
 from ivcp.model.timeline import merge_segments, timeline_windows
-
-from .conftest import base_config, run_cli
+from tests.helpers import base_config, run_cli
 
 
 @pytest.fixture(scope="module")
