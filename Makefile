@@ -12,7 +12,7 @@ PYTEST_WORKERS ?= 2
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt -e ".[test,ray]"
 	DS_BUILD_OPS=0 $(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt --no-build-isolation deepspeed
 	touch $(STAMP)
 

@@ -59,7 +59,8 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
         default=True,
         metadata={
             "help": "Clip the `<ACTION>` embedding's gradient to max_grad_norm on its own, outside the global norm of "
-            "the other parameters: its gradient is the model's largest and would set every parameter's clipping factor."
+            "the other parameters: its gradient is the model's largest and would set every parameter's clipping factor "
+            "(one process and DDP; DeepSpeed and FSDP clip inside their engines, the row in the global norm)."
         },
     )
     action_problem_type: str = field(

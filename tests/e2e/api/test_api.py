@@ -631,7 +631,8 @@ def test_one_video_is_not_stuck_behind_another_clients_many_and_abandoned_work_i
         small_response, small_time = small.result()
         big_time = max(future.result()[1] for future in big)
     assert small_response.status_code == 200 and all(future.result()[0].status_code == 200 for future in big)
-    assert small_time < 0.3 * big_time, (small_time, big_time)  # first come, first served: about big_time - 0.3
+    # first come, first served: about big_time - 0.3 (0.84 x big_time was seen before); round-robin: a few batches
+    assert small_time < 0.5 * big_time, (small_time, big_time)
 
     def give_up(_):  # the client gives up: its videos still waiting are dropped
         with pytest.raises(httpx.ReadTimeout):

@@ -77,6 +77,11 @@ class ActionClsTrainer(Trainer):
         self._check_deepspeed_optimizer()
         if self.is_fsdp_enabled:
             check_fsdp_plugin(self.accelerator.state.fsdp_plugin)
+        if finetuning_args.action_token_own_clip and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            logger.warning_rank0(
+                "action_token_own_clip applies to one process and DDP only: DeepSpeed and FSDP clip sharded gradients "
+                "inside their engines, with the <ACTION> row in the global norm."
+            )
         self._router_losses: list[torch.Tensor] = []  # MoE router aux losses since the last log
 
     def _check_deepspeed_optimizer(self) -> None:
