@@ -37,8 +37,10 @@ def fp32_head_state(model: "ActionClassificationModel") -> dict[str, torch.Tenso
         if not name.startswith(HEAD_PREFIXES):
             continue
 
-        full = safe_get_full_fp32_param(param) if param.requires_grad else None
-        if full is None:  # frozen (action_token_lr_scale: 0), or no mixed-precision copy: the module's own weights
+        # an fp32 module weight is what the optimizer stepped (no separate master copy to read)
+        mixed = param.requires_grad and param.dtype != torch.float32
+        full = safe_get_full_fp32_param(param) if mixed else None
+        if full is None:  # frozen (action_token_lr_scale: 0), fp32, or no mixed-precision copy: the module's weights
             with deepspeed.zero.GatheredParameters([param]):
                 full = param.detach().clone()
         state[name] = full.detach().to("cpu", torch.float32)
