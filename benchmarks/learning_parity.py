@@ -274,19 +274,24 @@ def train_reference(
 
 
 # ---------------------------------------------------------------------------------------------------------- stage
-def train_stage(model_dir: str, data_dir: str, seed: int, args: argparse.Namespace, run_dir: str) -> dict[str, float]:
-    r"""``llamafactory-cli train`` on the YAML, as a user runs it; the held-out accuracy from eval_results.json."""
-    name = f"stage{args.tag}_seed{seed}"
-    config = stage_config(model_dir, data_dir, os.path.join(run_dir, name), seed, args)
-    output_dir, config_path = config["output_dir"], os.path.join(run_dir, f"{name}.yaml")
+def train_with_cli(config: dict, config_path: str) -> float:
+    r"""Write ``config`` to ``config_path``, run ``llamafactory-cli train`` on it; its held-out ``eval_accuracy``."""
     with open(config_path, "w", encoding="utf-8") as f:
         yaml.safe_dump(config, f)
     cli = os.path.join(os.path.dirname(sys.executable), "llamafactory-cli")
     result = subprocess.run([cli, "train", config_path], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"llamafactory-cli train failed:\n{result.stderr[-6000:]}")
-    with open(os.path.join(output_dir, "eval_results.json"), encoding="utf-8") as f:
-        accuracy = json.load(f)["eval_accuracy"]
+    with open(os.path.join(config["output_dir"], "eval_results.json"), encoding="utf-8") as f:
+        return json.load(f)["eval_accuracy"]
+
+
+def train_stage(model_dir: str, data_dir: str, seed: int, args: argparse.Namespace, run_dir: str) -> dict[str, float]:
+    r"""``llamafactory-cli train`` on the YAML, as a user runs it; the held-out accuracy from eval_results.json."""
+    name = f"stage{args.tag}_seed{seed}"
+    config = stage_config(model_dir, data_dir, os.path.join(run_dir, name), seed, args)
+    output_dir = config["output_dir"]
+    accuracy = train_with_cli(config, os.path.join(run_dir, f"{name}.yaml"))
     with open(os.path.join(output_dir, "trainer_log.jsonl"), encoding="utf-8") as f:
         losses = [record["loss"] for record in map(json.loads, f) if "loss" in record]
     result = {"train_loss_last_logged": losses[-1], "accuracy": accuracy}

@@ -14,32 +14,22 @@ A tiny Qwen2-VL is trained on the trimmed 4-class motion clips (:mod:`ivcp.demo.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 
 import torch
-import yaml
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from learning_parity import build_assets, stage_config  # the trained recipe, shared
+from learning_parity import build_assets, stage_config, train_with_cli  # the trained recipe, shared
 
 
 def train(model_dir: str, data_dir: str, seed: int, args: argparse.Namespace, run_dir: str) -> tuple[str, float]:
     r"""``llamafactory-cli train`` on the learning-parity recipe; (output_dir, held-out accuracy on trimmed clips)."""
     config = stage_config(model_dir, data_dir, os.path.join(run_dir, f"seed{seed}"), seed, args)
-    config_path = os.path.join(run_dir, f"seed{seed}.yaml")
-    with open(config_path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config, f)
-    cli = os.path.join(os.path.dirname(sys.executable), "llamafactory-cli")
-    result = subprocess.run([cli, "train", config_path], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"llamafactory-cli train failed:\n{result.stderr[-6000:]}")
-    with open(os.path.join(config["output_dir"], "eval_results.json"), encoding="utf-8") as f:
-        return config["output_dir"], json.load(f)["eval_accuracy"]
+    return config["output_dir"], train_with_cli(config, os.path.join(run_dir, f"seed{seed}.yaml"))
 
 
 def interval_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
