@@ -73,17 +73,17 @@ def _classify(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return _classify_with_ray(args, inputs.items, settings)
 
-    def load_classifier() -> Any:
+    def load_reader() -> Any:
         import torch
 
         from .inference import ActionClassifier
 
         device = f"cuda:{placement.local_rank}" if placement.world_size > 1 and torch.cuda.is_available() else None
-        return ActionClassifier.from_pretrained(args.model, adapter=args.adapter, device=device, **settings)
+        return ActionClassifier.reader(args.model, adapter=args.adapter, device=device, **settings)
 
     job = Job(args.output, args.top_k, args.batch_size, args.decode_workers)
     try:
-        return classify_items(load_classifier, inputs.items, job, placement)
+        return classify_items(load_reader, inputs.items, job, placement)
     except KeyboardInterrupt:
         print("ivcp classify: interrupted; rerun the same command to classify the rest.", file=sys.stderr)
         return 130

@@ -26,11 +26,11 @@ from .runner import output_row
 class PrepareVideos:
     r"""CPU stage: a batch of rows -> one row with the collated inputs and each video's outcome.
 
-    It loads the classifier for its tokenizer, processor and collator; its weights stay unused on the CPU.
+    It holds the classifier's reader (tokenizer, processor, collator: :meth:`ActionClassifier.reader`), no weights.
     """
 
     def __init__(self, model: str, adapter: str | None = None, settings: dict[str, Any] | None = None) -> None:
-        self.classifier = ActionClassifier.from_pretrained(model, adapter=adapter, device="cpu", **(settings or {}))
+        self.classifier = ActionClassifier.reader(model, adapter=adapter, **(settings or {}))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

@@ -1,8 +1,9 @@
 """Classify a list of videos with one process, the ranks of a torchrun launch, or one shard of an array job.
 
-DataLoader worker processes (forked: they share the loaded classifier copy-on-write and never touch the model)
-check, decode and collate the next batches (:meth:`ActionClassifier.prepare`) while the model runs the current one,
-so the model does not wait for FFmpeg. Results go through :meth:`ActionClassifier.result`, the one place a row is
+DataLoader worker processes check, decode and collate the next batches (:meth:`ActionClassifier.prepare`) while the
+model runs the current one, so the model does not wait for FFmpeg. They are forked from the classifier of
+:meth:`ActionClassifier.reader` before its weights load (they share its tokenizer and processor copy-on-write and
+hold no weight nor CUDA state), and start on the first batches while the weights load. Results go through :meth:`ActionClassifier.result`, the one place a row is
 made, into the resumable output of :mod:`ivcp.batch.output`.
 """
 
@@ -59,7 +60,11 @@ def _one_thread(_: int) -> None:
 def prepared_batches(
     classifier: "ActionClassifier", items: list[Item], batch_size: int, workers: int
 ) -> Iterator[tuple[list[Item], dict[str, Any] | None, list[Any]]]:
-    r"""Each batch of ``items`` with its collated inputs and outcomes, prepared ``workers`` batches ahead."""
+    r"""Each batch of ``items`` with its collated inputs and outcomes, prepared ``workers`` batches ahead.
+
+    The workers are forked by this call, not by the first ``next``: before the weights load, when the caller loads
+    them after it.
+    """
     chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
     workers = workers if "fork" in multiprocessing.get_all_start_methods() else 0  # spawn would copy the model
     loader = DataLoader(
@@ -71,8 +76,8 @@ def prepared_batches(
         worker_init_fn=_one_thread if workers else None,
         prefetch_factor=2 if workers else None,
     )
-    for index, batch, outcomes in loader:
-        yield chunks[index], batch, outcomes
+    batches = iter(loader)  # forks the workers now
+    return ((chunks[index], batch, outcomes) for index, batch, outcomes in batches)
 
 
 class _StandardOutput:
@@ -100,9 +105,13 @@ def json_line(row: dict[str, Any]) -> str:
 
 
 def classify_items(
-    load_classifier: Callable[[], "ActionClassifier"], items: list[Item], job: Job, placement: Placement
+    load_reader: Callable[[], "ActionClassifier"], items: list[Item], job: Job, placement: Placement
 ) -> int:
-    r"""Classify this process's part of ``items`` (skipping what the output holds); 1 when a video failed, else 0."""
+    r"""Classify this process's part of ``items`` (skipping what the output holds); 1 when a video failed, else 0.
+
+    ``load_reader`` gives the classifier without its weights (:meth:`ActionClassifier.reader`): the decode workers
+    are forked, then the weights loaded.
+    """
     if job.output is None and placement.parts > 1:
         raise ValueError("several processes or shards need --output: each writes its part of it.")
 
@@ -110,11 +119,13 @@ def classify_items(
     written = written_rows(job.output) if job.output else {}
     todo = [item for item in mine if item.video not in written]
     writer = PartWriter(part_path(job.output, placement.part, placement.parts)) if job.output else _StandardOutput()
-    classifier = load_classifier() if todo else None
+    reader = load_reader() if todo else None
     progress = Progress(placement, len(todo), len(mine) - len(todo), show=job.progress)
     try:
-        if classifier is not None:
-            for chunk, batch, outcomes in prepared_batches(classifier, todo, job.batch_size, job.decode_workers):
+        if reader is not None:
+            batches = prepared_batches(reader, todo, job.batch_size, job.decode_workers)
+            classifier = reader.load_model()
+            for chunk, batch, outcomes in batches:
                 rows = [
                     output_row(classifier, item.video, item.extra, outcome, job.top_k)
                     for item, outcome in zip(chunk, classifier.classify_prepared(batch, outcomes))
