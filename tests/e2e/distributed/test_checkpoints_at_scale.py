@@ -154,21 +154,26 @@ def test_zero3_full_without_16bit_gather_saves_head_and_resumes(runs, tmp_path):
     _assert_resumes(run_dir, config, tmp_path)
 
 
-def test_zero2_bf16_head_is_the_one_process_bf16_head(runs):
-    r"""The fp32 head a bf16 ZeRO-2 run saves from its optimizer's master weights, at a checkpoint and at the end, is
-    the one the same bf16 run trains on one process, within one Adam step (the two routes round differently);
-    DeepSpeed's own ``safe_get_full_fp32_param`` gave a slice of a LoRA B matrix, hundreds of steps away."""
-    zero2, reference = (runs(name)[0] / "out" for name in ("zero2", "one_bf16"))
+def test_zero2_bf16_head_is_its_master_weights_and_the_one_process_bf16_head(runs):
+    r"""A bf16 ZeRO-2 run saves the fp32 master of its head: it rounds exactly to the module's bf16 copy in DeepSpeed's
+    checkpoint (DeepSpeed's own ``safe_get_full_fp32_param`` gave a slice of a LoRA B matrix, 0.127 away), and it is
+    what the same bf16 run trains on one process: Adam moves a weight by at most about lr a step, so the two routes
+    (which round differently) differ by at most 2 lr a step, and by less than the last step for most weights."""
+    (zero2_dir, config), reference = runs("zero2"), runs("one_bf16")[0] / "out"
+    zero2 = zero2_dir / "out"
+    states = next((zero2 / "checkpoint-2").glob("global_step*/*model_states.pt"))
+    module = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    for key, saved in load_file(zero2 / "checkpoint-2" / HEAD_WEIGHTS_NAME).items():
+        copy = module[key if key == "action_embedding" else f"action_decoder.{key}"]
+        assert copy.dtype == torch.bfloat16 and saved.dtype == torch.float32, key
+        assert torch.equal(saved.bfloat16(), copy), key
+
     assert trainer_losses(zero2) == pytest.approx(trainer_losses(reference), rel=1e-2)
-    heads = {
-        (run, where): load_file(run / where / HEAD_WEIGHTS_NAME)
-        for run in (zero2, reference)
-        for where in ("checkpoint-2", "")
-    }
-    for key, final in heads[reference, ""].items():
-        step = (final - heads[reference, "checkpoint-2"][key]).abs().max().item()
-        assert step > 0, key  # the head moved: the comparison means something
-        for where in ("checkpoint-2", ""):
-            ours = heads[zero2, where][key]
-            assert ours.dtype == torch.float32, key
-            torch.testing.assert_close(ours, heads[reference, where][key], rtol=0, atol=step, msg=f"{where} {key}")
+    ours, theirs = load_file(zero2 / HEAD_WEIGHTS_NAME), load_file(reference / HEAD_WEIGHTS_NAME)
+    before_last = load_file(reference / "checkpoint-2" / HEAD_WEIGHTS_NAME)
+    steps = len(trainer_losses(reference))
+    for key in theirs:
+        last_step = (theirs[key] - before_last[key]).abs().max()
+        difference = (ours[key] - theirs[key]).abs()
+        assert difference.median() < last_step, key
+        assert difference.max() <= 2 * config["learning_rate"] * steps, key
