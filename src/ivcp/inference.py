@@ -95,7 +95,7 @@ class ActionClassifier:
         r"""Everything but the weights: tokenizer, processor, template, collator; :meth:`load_model` loads them.
 
         What decodes and collates videos (:meth:`prepare`) works already, so decode workers forked now (the API's,
-        ``ivcp classify``'s) hold no weights and no CUDA state. ``kwargs`` are LLaMA-Factory model/data arguments
+        ``ivcp classify``'s) hold no weights, on the GPU or off it. ``kwargs`` are LLaMA-Factory model/data arguments
         to override. Placement as LLaMA-Factory's inference: ``device_map`` ``"auto"`` (the default: spread over
         the GPUs, then CPU and disk), a dict, or ``device`` for one device; ``max_memory`` caps each device;
         ``torch_dtype`` (or LLaMA-Factory's ``infer_dtype``) the weights' dtype, the checkpoint's by default. The

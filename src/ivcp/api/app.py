@@ -74,7 +74,7 @@ def _document_body(app: FastAPI, definitions: dict[str, Any]) -> None:
 def create_action_app(classifier: ActionClassifier, settings: ActionServingArguments, model_name: str) -> FastAPI:
     r"""The app serving ``classifier``, whose weights load here after the decode workers are forked.
 
-    A classifier from :meth:`ActionClassifier.reader` has none yet: the workers hold neither them nor CUDA state.
+    A classifier from :meth:`ActionClassifier.reader` has none yet: the workers hold none of them.
     """
     temp_dir = make_temp_dir()
     policy = MediaPolicy(

@@ -12,12 +12,12 @@ The decode workers are processes forked from the server before the model's weigh
 ``create_action_app`` makes the service from :meth:`ActionClassifier.reader`, then loads them): reading and
 processing a video is mostly Python holding the GIL (measured: two decode threads prepared 1.16x the videos of one),
 so threads could not use a second core. A forked worker shares the tokenizer, processor and collator copy-on-write,
-holds no weight and no CUDA state, runs one torch thread, sends back only the collated batch (as numpy arrays) and
+holds no weight (none had reached the GPU when it was forked), runs one torch thread, sends back only the collated batch (as numpy arrays) and
 exits with the server. When a worker dies (a crashing decoder), the workers are forked anew in a thread (the event
 loop goes on) -- from the loaded server this time: they still touch only CPU tensors --, the new ones first close
 every socket they inherited (clients' connections, the listening socket), and each batch that was in the broken
-pool is tried once more. ``api_decode_processes: false`` (or a system without
-fork) keeps them threads of the server.
+pool is tried once more. ``api_decode_processes: false`` (or a system without fork) keeps them threads of the
+server.
 """
 
 import asyncio

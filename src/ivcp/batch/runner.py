@@ -3,8 +3,8 @@
 DataLoader worker processes check, decode and collate the next batches (:meth:`ActionClassifier.prepare`) while the
 model runs the current one, so the model does not wait for FFmpeg. They are forked from the classifier of
 :meth:`ActionClassifier.reader` before its weights load (they share its tokenizer and processor copy-on-write and
-hold no weight nor CUDA state), and start on the first batches while the weights load. Results go through :meth:`ActionClassifier.result`, the one place a row is
-made, into the resumable output of :mod:`ivcp.batch.output`.
+hold no weight, on the GPU or off it), and start on the first batches while the weights load. Results go through
+:meth:`ActionClassifier.result`, the one place a row is made, into the resumable output of :mod:`ivcp.batch.output`.
 """
 
 import json

@@ -764,8 +764,8 @@ print(json.dumps({"model": model, "server": weights(), "workers": [service.decod
 
 
 def test_decode_workers_are_forked_before_the_weights_load(served, tiny_model):
-    r"""``llamafactory-cli api``'s app (``build_action_app``): its forked decode workers hold no model weight (nor,
-    on a GPU, CUDA state) while the server holds them all."""
+    r"""``llamafactory-cli api``'s app (``build_action_app``): its forked decode workers hold no model weight (they
+    were forked before any weight loaded) while the server holds them all."""
     args = {
         "model_name_or_path": tiny_model,
         "adapter_name_or_path": str(served["work_dir"] / "out"),
