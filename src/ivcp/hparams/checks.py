@@ -6,6 +6,8 @@ call :func:`check_action_cls_args` before loading anything.
 
 from typing import TYPE_CHECKING
 
+from accelerate.utils import parse_flag_from_env
+
 from ..model.loss import BALANCED
 from ..model.multi_label import MULTI_LABEL
 
@@ -41,6 +43,9 @@ def check_action_cls_args(
             "cannot do: give the weights as a list."
         )
 
+    if training_args is not None:
+        check_fsdp_device(training_args)
+
     smoothing = training_args.label_smoothing_factor if training_args is not None else 0.0
     if finetuning_args.action_problem_type == MULTI_LABEL and (
         finetuning_args.action_loss != "cross_entropy" or smoothing
@@ -48,4 +53,21 @@ def check_action_cls_args(
         raise ValueError(
             "`action_problem_type: multi_label` trains with binary cross-entropy: `action_loss: focal` and "
             "`label_smoothing_factor` apply to single-label runs only; remove them."
+        )
+
+
+def check_fsdp_device(training_args: "Seq2SeqTrainingArguments") -> None:
+    r"""Refuse FSDP on a CPU, where accelerate would silently train plain DDP instead.
+
+    accelerate (1.11) turns a run into FSDP only on GPUs and other accelerators; on a CPU the FSDP config of
+    ``accelerate launch`` (or HF's ``fsdp`` argument) is ignored and every rank holds the whole model.
+    """
+    if (
+        parse_flag_from_env("ACCELERATE_USE_FSDP") or training_args.fsdp_plugin_args is not None
+    ) and training_args.device.type == "cpu":
+        raise ValueError(
+            "FSDP needs GPUs (or another accelerator): on a CPU, accelerate ignores the FSDP config and would train "
+            "plain DDP with the whole model on every rank. Drop the FSDP settings (the accelerate config's FSDP "
+            "section, or `fsdp` / `fsdp_config` in the YAML) and train DDP with `FORCE_TORCHRUN=1 NPROC_PER_NODE=N "
+            "llamafactory-cli train`, or run on GPUs."
         )

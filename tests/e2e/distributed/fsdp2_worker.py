@@ -5,6 +5,7 @@ wrap policy from ``_no_split_modules``, the <ACTION> lr group on sharded paramet
 the gathered FULL_STATE_DICT, and ``load_head`` (resume) into a sharded head.
 """
 
+import os
 import sys
 
 import torch
@@ -73,5 +74,21 @@ def main(model_dir: str, output_dir: str, reload_path: str) -> None:
     dist.destroy_process_group()
 
 
+def exit_without_finalizing() -> None:
+    r"""End the process without interpreter finalization, which races gloo's worker threads.
+
+    After FSDP2 the gloo process group outlives ``destroy_process_group`` (DTensor's cached specs still reference its
+    mesh), so its ``pt_gloo_runloop`` threads still run at exit. One that frees a finished collective's tensor once
+    finalization has begun needs the GIL; Python ends that thread with ``pthread_exit``, whose forced unwind through a
+    ``noexcept`` destructor aborts the rank with "terminate called without an active exception" (backtrace:
+    ``ProcessGroupGloo::runLoop`` -> ``TensorImpl::decref_pyobject`` -> ``PyEval_AcquireThread`` -> ``pthread_exit``;
+    about 1 run in 20 on a busy machine). Everything is written and the group destroyed by now: flush and leave.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3])
+    exit_without_finalizing()

@@ -8,7 +8,7 @@ from transformers import AutoModelForImageTextToText
 
 from ivcp.model.action_decoder import HEAD_WEIGHTS_NAME, ActionDecoder
 from ivcp.train.action_cls.trainer import check_fsdp_plugin
-from tests.helpers import run_command
+from tests.helpers import REPO, base_config, run_cli, run_command, write_config
 
 from .fsdp2_worker import build_model, train_step
 
@@ -66,3 +66,20 @@ def test_unsupported_fsdp_settings_are_refused_up_front(settings, message):
 def test_wrap_policy_covers_blocks_and_head(tiny_model):
     model = build_model(tiny_model)
     assert set(model._no_split_modules) >= {"Qwen2VLDecoderLayer", "Qwen2VLVisionBlock", "ActionDecoder"}
+
+
+@pytest.mark.parametrize("route", ["accelerate_launch", "fsdp_argument"])
+def test_fsdp_on_cpu_is_refused_through_the_entry_points(route, tiny_model, motion_data, tmp_path):
+    r"""accelerate 1.11 makes a run FSDP only on an accelerator: on a CPU it would silently train DDP instead."""
+    config = base_config(tiny_model, motion_data, str(tmp_path / "out"))
+    if route == "accelerate_launch":  # the documented command, with the shipped config as it is
+        launch = ("accelerate", "launch", "--config_file", str(REPO / "examples" / "accelerate" / "fsdp_config.yaml"))
+        result = run_command(
+            tmp_path, *launch, str(REPO / "src" / "train.py"), write_config(config, tmp_path), check=False
+        )
+    else:  # HF's own FSDP arguments in the YAML (one process is enough: the check reads the arguments)
+        config.update(fsdp="full_shard auto_wrap", fsdp_config={"fsdp_version": 2})
+        result = run_cli(config, tmp_path, check=False)
+    assert result.returncode != 0
+    assert "FSDP needs GPUs" in result.stderr and "FORCE_TORCHRUN=1 NPROC_PER_NODE=N" in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before any training or saving
