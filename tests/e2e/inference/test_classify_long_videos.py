@@ -1,7 +1,7 @@
 """`ivcp classify --test_clips / --window`: the rows are ActionClassifier's own, and a killed timeline run resumes.
 
 The multi-clip rows run the batch runner in this process (the loaded classifier, no decode workers); the timeline and
-the killed run go through the command as users run it.
+the killed run go through the command as users run it (the killed run is resumed in this process).
 """
 
 import json
@@ -111,7 +111,7 @@ def test_window_rows_are_the_timeline_and_find_two_actions_in_order(setup, class
         assert (segments[-1]["end"], segments[-1]["class"]) == (2.0, classifier.predict(second)["predicted"])
 
 
-def test_a_killed_timeline_run_resumes_each_video_once(setup, classifier, long_clips):
+def test_a_killed_timeline_run_resumes_each_video_once(setup, classifier, long_clips, capsys):
     work_dir, model, _ = setup
     run_dir = work_dir / "killed"
     run_dir.mkdir()
@@ -135,9 +135,9 @@ def test_a_killed_timeline_run_resumes_each_video_once(setup, classifier, long_c
     done = written_rows(str(run_dir / "out.jsonl"))
     assert 3 <= len(done) < len(copies)
 
-    result = run_command(run_dir, "ivcp", *arguments, "--batch_size", "4", check=False)
-    assert result.returncode == 0 and f"{len(done)} videos were already in the output: skipped." in result.stderr
-    rows = [json.loads(line) for line in (run_dir / "out.jsonl").read_text().splitlines()]
+    # the rerun, in this process (what `ivcp classify` calls, with the loaded model): the same flags continue
+    rows = run_in_process(classifier, copies, run_dir / "out.jsonl", batch_size=4, clips=ClipSettings(window=1.0))
+    assert f"{len(done)} videos were already in the output: skipped." in capsys.readouterr().err
     assert [row["video"] for row in rows] == copies  # each exactly once, in input order
     expected = {source: classifier.timeline(source, window=1.0) for source in sources}
     for row, source in zip(rows, (sources[i % len(sources)] for i in range(len(copies)))):

@@ -173,7 +173,7 @@ def _drive_board(
     page.get_by_label("Stride (s)").fill("0.5")
     page.get_by_role("button", name="Classify").click()
     expect(chart_label).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
-    expect(page.locator("div.block").filter(has=chart_label).locator("img")).to_be_visible()
+    expect(page.locator("div.block").filter(has=chart_label).last.locator("img")).to_be_visible()  # innermost
     expected = ActionClassifier.from_pretrained(tiny_model, adapter=str(run_dir)).timeline(two_actions, 1.0, 0.5)
     segments = expected["timeline"]["segments"]
     shown = page.get_by_role("row").filter(has_text=re.compile(r"\d s – \d")).filter(visible=True)
