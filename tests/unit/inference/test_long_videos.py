@@ -216,3 +216,19 @@ def test_show_frames_shows_each_clip_and_window(long_clips, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["show-frames", video, "--test_clips", "2", "--sheet", str(tmp_path / "sheets")])
     assert sorted(os.listdir(tmp_path / "sheets")) == ["0_ab.mp4.part0.png", "0_ab.mp4.part1.png"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--test_clips", "2", "--window", "1"], "give --test_clips or --window, not both"),
+        (["--stride", "1"], "give --window SECONDS too"),
+        (["--window", "0"], "window and stride must be positive"),
+        (["--test_clips", "0"], "number of test clips must be a positive integer"),
+        (["--clip_combine", "median"], "--clip_combine must be one of"),
+        (["--window", "1", "--segment_threshold", "2"], r"--segment_threshold is a probability in \[0, 1\]"),
+    ],
+)
+def test_classify_flags_that_cannot_work_stop_before_any_model_loads(flags, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        main(["classify", "--model", str(tmp_path / "no_model"), str(tmp_path / "v.mp4"), *flags])
