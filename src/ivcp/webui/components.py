@@ -128,10 +128,12 @@ class TryIt:
         except LookupError:
             raise gr.Error(ALERTS["err_action_no_head"][lang]) from None
 
+        if window and int(test_clips or 1) > 1:
+            raise gr.Error(ALERTS["err_action_clips_and_window"][lang])
         try:
             if window:
                 result = classifier.timeline(
-                    video, window=float(window), stride=float(stride) or None, top_k=int(top_k)
+                    video, window=float(window), stride=float(stride or 0) or None, top_k=int(top_k)
                 )
             else:
                 result = classifier.predict(video, top_k=int(top_k), test_clips=int(test_clips or 1))

@@ -128,6 +128,10 @@ _ALERTS = {
         "en": "The selected checkpoint holds no action head: choose the output of an action_cls run.",
         "zh": "所选检查点中没有动作分类头：请选择 action_cls 训练的输出。",
     },
+    "err_action_clips_and_window": {
+        "en": "Set test clips or a window, not both: a timeline classifies each window once.",
+        "zh": "测试片段数与窗口只能设置其一：时间线对每个窗口只分类一次。",
+    },
     "info_action_top_class": {
         "en": "Top class",
         "zh": "最可能的类别",
