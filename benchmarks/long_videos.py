@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--warmup_ratio", type=float, default=0.1)
     parser.add_argument("--work_dir", help="keep model, data and runs here (default: a temporary folder)")
     args = parser.parse_args()
-    args.stage_set, args.generator = [], "motion"  # what learning_parity's recipe reads
+    args.stage_set, args.generator = [], "motion"  # learning_parity's recipe and its trimmed motion clips
 
     from ivcp.demo.long_videos import make_long_motion_dataset
     from ivcp.inference import ActionClassifier
