@@ -9,7 +9,7 @@ A tiny Qwen2-VL is trained on the trimmed 4-class motion clips (:mod:`ivcp.demo.
 - frames decoded per video for N clips and for the timeline (counted in the reader) against the frames in the file,
   and how many frames were decoded more than once: decoding reads each needed frame once per video (the clips of a
   video in one batch are read in one pass), so that count is 0 for N clips; a timeline whose windows span several
-  batches reads a frame again only where windows of two batches overlap.
+  batches (``--batch`` below its window count) decodes again the frames that two batches' passes share.
 
     nice -n 10 python benchmarks/long_videos.py --work_dir /tmp/long --seeds 1 2 --epochs 30
 """
