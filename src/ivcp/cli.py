@@ -82,17 +82,17 @@ def _classify(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return _classify_with_ray(args, inputs.items, settings, clips)
 
-    def load_classifier() -> Any:
+    def load_reader() -> Any:
         import torch
 
         from .inference import ActionClassifier
 
         device = f"cuda:{placement.local_rank}" if placement.world_size > 1 and torch.cuda.is_available() else None
-        return ActionClassifier.from_pretrained(args.model, adapter=args.adapter, device=device, **settings)
+        return ActionClassifier.reader(args.model, adapter=args.adapter, device=device, **settings)
 
     job = Job(args.output, args.top_k, args.batch_size, args.decode_workers, clips=clips)
     try:
-        return classify_items(load_classifier, inputs.items, job, placement)
+        return classify_items(load_reader, inputs.items, job, placement)
     except ValueError as err:  # an output made with other --test_clips / --window flags
         raise SystemExit(f"ivcp classify: {err}") from err
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ settings saved in the head's config, so what is served is what was trained.
 
 import copy
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,7 +23,7 @@ from .log import get_logger
 from .model import load_action_model, load_action_tokenizer
 from .model.decoding import class_names, combine_clips, decode
 from .model.head_config import head_arguments, load_head_config
-from .model.loader import find_head_directory
+from .model.loader import find_head_directory, load_empty_backbone
 from .model.timeline import clip_windows, timeline_result, timeline_windows
 from .stage_patches import model_loading_options
 from .stage_patches import register_stage as register
@@ -50,17 +50,38 @@ def _weights_dtype(name: str | torch.dtype) -> torch.dtype | None:
     return dtype
 
 
+@dataclass(frozen=True)
+class _Weights:
+    r"""What :meth:`ActionClassifier.load_model` loads: the parsed arguments and the placement."""
+
+    tokenizer: Any
+    model_args: Any
+    data_args: Any
+    finetuning_args: Any
+    max_memory: dict[Any, Any] | None
+    dtype: torch.dtype | None
+
+
 class ActionClassifier:
     def __init__(
-        self, model: "ActionClassificationModel", encoder: ActionDatasetProcessor, collator: ActionDataCollator
+        self,
+        model: "ActionClassificationModel | None",
+        encoder: ActionDatasetProcessor,
+        collator: ActionDataCollator,
+        weights: _Weights | None = None,
     ) -> None:
         self.model = model
         self.encoder = encoder
         self.collator = collator
-        self.names = class_names(model.action_decoder.num_classes, model.label_names)
+        self._weights = weights
 
     @classmethod
-    def from_pretrained(
+    def from_pretrained(cls, model_name_or_path: str, **kwargs: Any) -> "ActionClassifier":
+        r"""Load base model (+ adapter) and head: :meth:`reader`'s arguments, then :meth:`load_model`."""
+        return cls.reader(model_name_or_path, **kwargs).load_model()
+
+    @classmethod
+    def reader(
         cls,
         model_name_or_path: str,
         adapter: str | None = None,
@@ -71,12 +92,14 @@ class ActionClassifier:
         torch_dtype: str | torch.dtype | None = None,
         **kwargs: Any,
     ) -> "ActionClassifier":
-        r"""Load base model (+ adapter) and head; ``kwargs`` are LLaMA-Factory model/data arguments to override.
+        r"""Everything but the weights: tokenizer, processor, template, collator; :meth:`load_model` loads them.
 
-        Placement as LLaMA-Factory's inference: ``device_map`` ``"auto"`` (the default: spread over the GPUs, then
-        CPU and disk), a dict, or ``device`` for one device; ``max_memory`` caps each device; ``torch_dtype`` (or
-        LLaMA-Factory's ``infer_dtype``) the weights' dtype, the checkpoint's by default. The head joins the last
-        layer's device.
+        What decodes and collates videos (:meth:`prepare`) works already, so decode workers forked now (the API's,
+        ``ivcp classify``'s) hold no weights, on the GPU or off it. ``kwargs`` are LLaMA-Factory model/data arguments
+        to override. Placement as LLaMA-Factory's inference: ``device_map`` ``"auto"`` (the default: spread over
+        the GPUs, then CPU and disk), a dict, or ``device`` for one device; ``max_memory`` caps each device;
+        ``torch_dtype`` (or LLaMA-Factory's ``infer_dtype``) the weights' dtype, the checkpoint's by default. The
+        head joins the last layer's device.
         """
         register()
         head_directory = find_head_directory(action_decoder_path, [adapter] if adapter else None, model_name_or_path)
@@ -100,24 +123,45 @@ class ActionClassifier:
             model_args.device_map = device_map if device_map is not None else {"": device}
         dtype = _weights_dtype(torch_dtype if torch_dtype is not None else model_args.infer_dtype)
         tokenizer_module, template = load_action_tokenizer(model_args, data_args)
-        with model_loading_options(max_memory=max_memory, dtype=dtype):
-            model = load_action_model(
-                tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False, data_args=data_args
-            )
-        model.place_head()  # the backbone is already where device_map put it: never moved as a whole
+        label_names = head_config.get("label_names")
         encoder = ActionDatasetProcessor(
             template=template,
             data_args=data_args,
             num_classes=finetuning_args.num_action_classes,
-            label_names=tuple(model.label_names) if model.label_names else None,
+            label_names=tuple(label_names) if label_names else None,
             decode_videos=False,
             dataset_media=False,
             **tokenizer_module,
         )
-        collator = ActionDataCollator(template=template, model=model.backbone, **tokenizer_module)
-        classifier = cls(model, encoder, collator)
+        empty = load_empty_backbone(tokenizer_module["tokenizer"], model_args, finetuning_args)
+        collator = ActionDataCollator(template=template, model=empty, **tokenizer_module)
+        weights = _Weights(tokenizer_module["tokenizer"], model_args, data_args, finetuning_args, max_memory, dtype)
+        classifier = cls(None, encoder, collator, weights)
         classifier.finetuning_args = finetuning_args  # the serving settings live there (``llamafactory-cli api``)
         return classifier
+
+    def load_model(self) -> "ActionClassifier":
+        r"""Load the weights (base model, adapter, head) where :meth:`reader` was told; once. Returns self."""
+        if self.model is not None:
+            return self
+
+        weights = self._weights
+        with model_loading_options(max_memory=weights.max_memory, dtype=weights.dtype):
+            model = load_action_model(
+                weights.tokenizer,
+                weights.model_args,
+                weights.finetuning_args,
+                is_trainable=False,
+                data_args=weights.data_args,
+            )
+        model.place_head()  # the backbone is already where device_map put it: never moved as a whole
+        self.model = model
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        r"""The class names saved with the head, or the class ids as strings."""
+        return class_names(self.model.action_decoder.num_classes, self.model.label_names)
 
     @property
     def video_settings(self) -> tuple[float, int]:
@@ -136,6 +180,7 @@ class ActionClassifier:
             self.model,
             replace(self.encoder, processor=processor),
             replace(self.collator, processor=processor),
+            self._weights,
         )
 
     def _encode(self, video: str, prompt: str) -> dict[str, Any]:

@@ -72,6 +72,10 @@ def _document_body(app: FastAPI, definitions: dict[str, Any]) -> None:
 
 
 def create_action_app(classifier: ActionClassifier, settings: ActionServingArguments, model_name: str) -> FastAPI:
+    r"""The app serving ``classifier``, whose weights load here after the decode workers are forked.
+
+    A classifier from :meth:`ActionClassifier.reader` has none yet: the workers hold none of them.
+    """
     temp_dir = make_temp_dir()
     policy = MediaPolicy(
         allowed_local_media_path=settings.allowed_local_media_path,
@@ -89,6 +93,7 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
         decode_processes=settings.api_decode_processes,
         limits=VideoLimits(settings.api_max_video_seconds, settings.api_max_frame_pixels),
     )
+    classifier.load_model()
     head = HeadInfo(classifier.names, classifier.model.problem_type, classifier.model.threshold)
     reserved = reserved_tokens(classifier.encoder.tokenizer, classifier.encoder.template)
     max_body = int(settings.api_max_body_mb * 2**20)
@@ -203,17 +208,21 @@ def create_action_app(classifier: ActionClassifier, settings: ActionServingArgum
     return app
 
 
-def run_action_api(args: dict[str, Any]) -> None:
-    r"""Load the classifier from LLaMA-Factory-style ``args`` (completed from the head's config) and serve it."""
+def build_action_app(args: dict[str, Any]) -> FastAPI:
+    r"""The app of LLaMA-Factory-style ``args`` (completed from the head's config): decode workers, then weights."""
     args = dict(args)
     model_name_or_path = args.pop("model_name_or_path")
     adapter = args.pop("adapter_name_or_path", None)
-    classifier = ActionClassifier.from_pretrained(
+    classifier = ActionClassifier.reader(
         model_name_or_path, adapter=adapter, action_decoder_path=args.pop("action_decoder_path", None), **args
     )
-    settings = classifier.finetuning_args
     model_name = os.getenv("API_MODEL_NAME") or os.path.basename(os.path.normpath(adapter or model_name_or_path))
-    app = create_action_app(classifier, settings, model_name)
+    return create_action_app(classifier, classifier.finetuning_args, model_name)
+
+
+def run_action_api(args: dict[str, Any]) -> None:
+    r"""Serve :func:`build_action_app`'s app on ``API_HOST``:``API_PORT``."""
+    app = build_action_app(args)
     api_host = os.getenv("API_HOST", "0.0.0.0")
     api_port = int(os.getenv("API_PORT", "8000"))
     print(f"Visit http://localhost:{api_port}/docs for API document.")

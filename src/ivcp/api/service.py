@@ -8,14 +8,16 @@ the model runs one batch, the workers already prepare the next ones. It is the s
 round-robin over requests, so one request of many videos does not hold up another's one video, and the videos of a
 request whose client went away are dropped.
 
-The decode workers are processes forked from the server once the model is loaded (``api_decode_processes``): reading
-and processing a video is mostly Python holding the GIL (measured: two decode threads prepared 1.16x the videos of
-one), so threads could not use a second core. A forked worker shares the loaded classifier copy-on-write, never
-touches the model's weights, runs one torch thread, sends back only the collated batch (as numpy arrays) and exits
-with the server. When a worker dies (a crashing decoder), the workers are forked anew in a thread (the event loop
-goes on), the new ones first close every socket they inherited (clients' connections, the listening socket), and
-each batch that was in the broken pool is tried once more. ``api_decode_processes: false`` (or a system without
-fork) keeps them threads of the server.
+The decode workers are processes forked from the server before the model's weights load (``api_decode_processes``;
+``create_action_app`` makes the service from :meth:`ActionClassifier.reader`, then loads them): reading and
+processing a video is mostly Python holding the GIL (measured: two decode threads prepared 1.16x the videos of one),
+so threads could not use a second core. A forked worker shares the tokenizer, processor and collator copy-on-write,
+holds no weight (none had reached the GPU when it was forked), runs one torch thread, sends back only the collated batch (as numpy arrays) and
+exits with the server. When a worker dies (a crashing decoder), the workers are forked anew in a thread (the event
+loop goes on) -- from the loaded server this time: they still touch only CPU tensors --, the new ones first close
+every socket they inherited (clients' connections, the listening socket), and each batch that was in the broken
+pool is tried once more. ``api_decode_processes: false`` (or a system without fork) keeps them threads of the
+server.
 """
 
 import asyncio

@@ -26,7 +26,7 @@ from .inputs import Item
 class PrepareVideos:
     r"""CPU stage: a batch of rows -> one row with each video's clips (``clips``) collated, and their outcomes.
 
-    It loads the classifier for its tokenizer, processor and collator; its weights stay unused on the CPU.
+    It holds the classifier's reader (tokenizer, processor, collator: :meth:`ActionClassifier.reader`), no weights.
     """
 
     def __init__(
@@ -37,7 +37,7 @@ class PrepareVideos:
         clips: ClipSettings | None = None,
         batch_size: int = 8,
     ) -> None:
-        self.classifier = ActionClassifier.from_pretrained(model, adapter=adapter, device="cpu", **(settings or {}))
+        self.classifier = ActionClassifier.reader(model, adapter=adapter, **(settings or {}))
         self.clips, self.batch_size = clips or ClipSettings(), batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -1,9 +1,10 @@
 """Classify a list of videos with one process, the ranks of a torchrun launch, or one shard of an array job.
 
-DataLoader worker processes (forked: they share the loaded classifier copy-on-write and never touch the model)
-check, decode and collate the next batches (:meth:`ActionClassifier.prepare`) while the model runs the current one,
-so the model does not wait for FFmpeg. Results go through :meth:`ActionClassifier.result`, the one place a row is
-made, into the resumable output of :mod:`ivcp.batch.output`.
+DataLoader worker processes check, decode and collate the next batches (:meth:`ActionClassifier.prepare`) while the
+model runs the current one, so the model does not wait for FFmpeg. They are forked from the classifier of
+:meth:`ActionClassifier.reader` before its weights load (they share its tokenizer and processor copy-on-write and
+hold no weight, on the GPU or off it), and start on the first batches while the weights load. Results go through
+:meth:`ActionClassifier.result`, the one place a row is made, into the resumable output of :mod:`ivcp.batch.output`.
 """
 
 import json
@@ -79,16 +80,16 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)  # a decode worker runs beside the model: one core each
 
 
-def prepared_pieces(
-    classifier: "ActionClassifier", items: list[Item], job: Job
-) -> Iterator[tuple[list[Item], list[dict[str, Any]]]]:
-    r"""Each group of ``items`` with its results, prepared by ``job.decode_workers`` processes ahead of the model."""
-    per_group = job.clips.videos_per_batch(job.batch_size)
-    groups = [items[start : start + per_group] for start in range(0, len(items), per_group)]
+def prepared_pieces(reader: "ActionClassifier", groups: list[list[Item]], job: Job) -> Iterator[_Piece]:
+    r"""The pieces of ``groups`` (lists of videos), prepared by ``job.decode_workers`` processes ahead of the model.
+
+    The workers are forked by this call, not by the first ``next``: before the weights load, when the caller loads
+    them after it.
+    """
     workers = min(job.decode_workers, len(groups))
     workers = workers if "fork" in multiprocessing.get_all_start_methods() else 0  # spawn would copy the model
     loader = DataLoader(
-        _PreparedPieces(classifier, groups, job),
+        _PreparedPieces(reader, groups, job),
         batch_size=None,
         collate_fn=_as_is,
         num_workers=workers,
@@ -96,8 +97,15 @@ def prepared_pieces(
         worker_init_fn=_one_thread if workers else None,
         prefetch_factor=2 if workers else None,
     )
+    return iter(loader)  # forks the workers now
+
+
+def classified_groups(
+    classifier: "ActionClassifier", groups: list[list[Item]], pieces: Iterator[_Piece], job: Job
+) -> Iterator[tuple[list[Item], list[dict[str, Any]]]]:
+    r"""Each group of videos with its results, once the model has classified all its pieces."""
     rows: dict[int, list[Any]] = {}  # the groups in progress: workers interleave theirs
-    for piece in loader:
+    for piece in pieces:
         rows.setdefault(piece.group, []).extend(classifier.classify_prepared(piece.batch, piece.outcomes))
         if piece.last:
             group = groups[piece.group]
@@ -120,9 +128,13 @@ def json_line(row: dict[str, Any]) -> str:
 
 
 def classify_items(
-    load_classifier: Callable[[], "ActionClassifier"], items: list[Item], job: Job, placement: Placement
+    load_reader: Callable[[], "ActionClassifier"], items: list[Item], job: Job, placement: Placement
 ) -> int:
-    r"""Classify this process's part of ``items`` (skipping what the output holds); 1 when a video failed, else 0."""
+    r"""Classify this process's part of ``items`` (skipping what the output holds); 1 when a video failed, else 0.
+
+    ``load_reader`` gives the classifier without its weights (:meth:`ActionClassifier.reader`): the decode workers
+    are forked, then the weights loaded.
+    """
     if job.output is None and placement.parts > 1:
         raise ValueError("several processes or shards need --output: each writes its part of it.")
 
@@ -132,11 +144,15 @@ def classify_items(
         claim_settings(job.output, job.clips.as_dict(), ClipSettings().as_dict(), has_rows=bool(written))
     todo = [item for item in mine if item.video not in written]
     writer = PartWriter(part_path(job.output, placement.part, placement.parts)) if job.output else _StandardOutput()
-    classifier = load_classifier() if todo else None
+    reader = load_reader() if todo else None
     progress = Progress(placement, len(todo), len(mine) - len(todo), show=job.progress)
     try:
-        if classifier is not None:
-            for group, results in prepared_pieces(classifier, todo, job):
+        if reader is not None:
+            per_group = job.clips.videos_per_batch(job.batch_size)
+            groups = [todo[start : start + per_group] for start in range(0, len(todo), per_group)]
+            pieces = prepared_pieces(reader, groups, job)
+            classifier = reader.load_model()
+            for group, results in classified_groups(classifier, groups, pieces, job):
                 rows = [{**item.extra, **result} for item, result in zip(group, results)]
                 writer.write(rows)
                 failed = [row for row in rows if "error" in row]  # unreadable files, non-finite logits

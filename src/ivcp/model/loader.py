@@ -1,9 +1,11 @@
 """Build the trainable ``ActionClassificationModel`` on top of LLaMA-Factory's model loading."""
 
+import copy
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
+from accelerate import init_empty_weights
 from accelerate.utils import align_module_device
 from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.model import load_model, load_tokenizer
@@ -127,6 +129,22 @@ def find_head(
         finetuning_args.action_decoder_path, model_args.adapter_name_or_path, model_args.model_name_or_path
     )
     return head_directory, load_head_config(head_directory) if head_directory else None
+
+
+def load_empty_backbone(
+    tokenizer: "PreTrainedTokenizer", model_args: "ModelArguments", finetuning_args: "ActionFinetuningArguments"
+) -> torch.nn.Module:
+    r"""The backbone as LLaMA-Factory builds it, with no weights: its parameters on the meta device, no adapter.
+
+    The collator asks the model only for its config and ``get_rope_index`` (Qwen2-VL's 3D positions), so the decode
+    workers of ``ivcp classify`` and the API, forked from a process holding this before the weights load, hold none.
+    """
+    empty_args = copy.copy(model_args)
+    empty_args.adapter_name_or_path, empty_args.train_from_scratch = None, True
+    with init_empty_weights():
+        backbone = load_model(tokenizer, empty_args, finetuning_args, is_trainable=False)
+    # LLaMA-Factory keeps an Omni model's thinker, but only on its from_pretrained branch
+    return getattr(backbone, "thinker", backbone)
 
 
 def load_action_model(

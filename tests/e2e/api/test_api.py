@@ -37,6 +37,7 @@ from tests.helpers import (
     free_port,
     read_json,
     run_cli,
+    run_command,
     start_command,
     wait_for_http,
     write_broken_videos,
@@ -744,3 +745,37 @@ def test_a_killed_decode_worker_costs_no_request_and_keep_alive_clients_keep_wor
     time.sleep(1)
     stuck = [c for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_CLOSE_WAIT]
     assert not stuck, stuck
+
+
+WEIGHTS_PER_PROCESS = """
+import gc, json, sys
+import torch
+from ivcp.api.app import build_action_app
+
+def weights():
+    return sum(p.numel() for m in gc.get_objects() if isinstance(m, torch.nn.Module)
+               for p in m.parameters(recurse=False) if not p.is_meta)
+
+app = build_action_app(json.loads(sys.argv[1]))
+service = app.state.service
+model = sum(p.numel() for p in service.classifier.model.parameters())
+print(json.dumps({"model": model, "server": weights(), "workers": [service.decode_pool.submit(weights).result() for _ in range(4)]}))
+"""
+
+
+def test_decode_workers_are_forked_before_the_weights_load(served, tiny_model):
+    r"""``llamafactory-cli api``'s app (``build_action_app``): its forked decode workers hold no model weight (they
+    were forked before any weight loaded) while the server holds them all."""
+    args = {
+        "model_name_or_path": tiny_model,
+        "adapter_name_or_path": str(served["work_dir"] / "out"),
+        "stage": "action_cls",
+        "template": "qwen2_vl",
+        "finetuning_type": "lora",
+    }
+    result = run_command(
+        served["work_dir"], "python", "-c", WEIGHTS_PER_PROCESS, json.dumps(args), OMP_NUM_THREADS="1"
+    )
+    counts = json.loads(result.stdout.splitlines()[-1])
+    assert counts["server"] >= counts["model"] > 0  # the server holds the whole model
+    assert counts["workers"] == [0, 0, 0, 0]

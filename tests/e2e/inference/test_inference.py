@@ -2,9 +2,13 @@
 
 import json
 
+import psutil
 import pytest
 import torch
 
+from ivcp.batch.inputs import Item
+from ivcp.batch.runner import Job, prepared_pieces
+from ivcp.constants import DEFAULT_PROMPT
 from ivcp.data.context import ActionDataError, media_error
 from ivcp.inference import ActionClassifier
 from ivcp.model.action_model import last_token_positions
@@ -26,6 +30,23 @@ def test_api_predictions_equal_the_trainers(tiny_model, trained):
     single = classifier.predict(videos[0], top_k=2)
     assert single["predicted"] == results[0]["predicted"] and len(single["classes"]) == 2
     assert single["name"] == str(single["predicted"])  # no label names in this run: ids as names
+
+
+def test_classify_forks_its_decode_workers_before_the_weights_load(tiny_model, trained):
+    r"""``ivcp classify``'s order: the reader (no weights), its DataLoader workers forked, then the weights; the
+    batches the workers prepared meanwhile give the one-process logits."""
+    output_dir, records = trained
+    videos = [record["videos"][0] for record in records]
+    reader = ActionClassifier.reader(tiny_model, adapter=str(output_dir))
+    before = set(psutil.Process().children())
+    items = [Item(video, DEFAULT_PROMPT) for video in videos]
+    groups = [items[start : start + 3] for start in range(0, len(items), 3)]
+    pieces = prepared_pieces(reader, groups, Job(None, batch_size=3, decode_workers=2))
+    assert len(set(psutil.Process().children()) - before) == 2 and reader.model is None
+
+    classifier = reader.load_model()
+    rows = [row for piece in pieces for row in classifier.classify_prepared(piece.batch, piece.outcomes)]
+    torch.testing.assert_close(torch.stack(rows), classifier.predict_logits(videos))
 
 
 def test_seed_snippet_runs_as_documented(tiny_model, trained):

@@ -27,19 +27,54 @@ def saves_adapter_only(model: "ActionClassificationModel") -> bool:
     return isinstance(model.backbone, PeftModel)
 
 
-def fp32_head_state(model: "ActionClassificationModel") -> dict[str, torch.Tensor]:
+def _zero12_fp32_master(optimizer: Any, param: torch.nn.Parameter) -> torch.Tensor | None:
+    r"""``param``'s fp32 master weights under ZeRO-1/2, read where ``param`` lies in its group's flat buffer.
+
+    DeepSpeed 0.19.8's ``safe_get_full_fp32_param`` read another tensor for the head's weight (a bf16 ZeRO-2 run
+    saved a slice of a LoRA B matrix as the head). The module's 16-bit weights are views of ``bit16_groups_flat``,
+    split into equal partitions; each rank's ``single_partition_of_fp32_groups`` is the fp32 copy of its partition.
+    None when ``param`` is in no flat buffer (not a ZeRO-1/2 optimizer).
+    """
+    import deepspeed.comm as dist  # type: ignore
+
+    groups = zip(
+        optimizer.bit16_groups_flat,
+        optimizer.parallel_partitioned_bit16_groups,
+        optimizer.single_partition_of_fp32_groups,
+        optimizer.real_dp_process_group,
+    )
+    for flat, partitions, master, group in groups:
+        start = (param.data_ptr() - flat.data_ptr()) // flat.element_size()
+        if not 0 <= start < flat.numel():
+            continue
+
+        mine = partitions[dist.get_rank(group=group)]
+        mine_start = (mine.data_ptr() - flat.data_ptr()) // flat.element_size()
+        low, high = max(start, mine_start), min(start + param.numel(), mine_start + mine.numel())
+        full = torch.zeros(param.numel(), dtype=torch.float32, device=param.device)
+        if low < high:
+            full[low - start : high - start] = master[low - mine_start : high - mine_start].to(param.device)
+        dist.all_reduce(full, group=group)  # every element is on exactly one rank
+        return full.view(param.shape)
+
+    return None
+
+
+def fp32_head_state(engine: Any, model: "ActionClassificationModel") -> dict[str, torch.Tensor]:
     r"""The head and the ``<ACTION>`` row as the optimizer holds them (fp32, full), on the CPU."""
     import deepspeed  # type: ignore  # only DeepSpeed runs come here
     from deepspeed.utils import safe_get_full_fp32_param  # type: ignore
 
+    zero12 = hasattr(engine.optimizer, "bit16_groups_flat")  # not ZeRO-3, nor stage 0's bf16 optimizer
     state = {}
     for name, param in model.named_parameters():
         if not name.startswith(HEAD_PREFIXES):
             continue
 
         # an fp32 module weight is what the optimizer stepped (no separate master copy to read)
-        mixed = param.requires_grad and param.dtype != torch.float32
-        full = safe_get_full_fp32_param(param) if mixed else None
+        full = None
+        if param.requires_grad and param.dtype != torch.float32:
+            full = _zero12_fp32_master(engine.optimizer, param) if zero12 else safe_get_full_fp32_param(param)
         if full is None:  # frozen (action_token_lr_scale: 0), fp32, or no mixed-precision copy: the module's weights
             with deepspeed.zero.GatheredParameters([param]):
                 full = param.detach().clone()

@@ -195,7 +195,7 @@ class ActionClsTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
         backbone = backbone_state(self.model_wrapped, model)
-        head = fp32_head_state(model)
+        head = fp32_head_state(self.model_wrapped, model)
         if self.args.should_save:
             self._save(output_dir, state_dict={**backbone, **head})
 
