@@ -6,7 +6,10 @@ A tiny Qwen2-VL is trained on the trimmed 4-class motion clips (:mod:`ivcp.demo.
 
 - accuracy with ``test_clips`` 1, 4 and 8 (``mean`` and ``max`` combinations) and the cost in videos/s;
 - the timeline (1 s windows every 0.5 s): its best-scoring segment against the true interval (IoU, right class);
-- frames decoded per video for N clips (counted in the reader) against the frames in the file.
+- frames decoded per video for N clips and for the timeline (counted in the reader) against the frames in the file,
+  and how many frames were decoded more than once: decoding reads each needed frame once per video (the clips of a
+  video in one batch are read in one pass), so that count is 0 for N clips; a timeline whose windows span several
+  batches (``--batch`` below its window count) decodes again the frames that two batches' passes share.
 
     nice -n 10 python benchmarks/long_videos.py --work_dir /tmp/long --seeds 1 2 --epochs 30
 """
@@ -38,18 +41,26 @@ def interval_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 
 def count_decoded_frames() -> Counter:
-    r"""Count, per file, the frames the reader decodes from now on."""
+    r"""Count, per (file, frame time), the frames the reader decodes from now on."""
     from ivcp.data import video_reader
 
     counts, original = Counter(), video_reader._decoded
 
     def counted(container, *args, **kwargs):
         for frame in original(container, *args, **kwargs):
-            counts[container.name] += 1
+            counts[container.name, frame.pts] += 1
             yield frame
 
     video_reader._decoded = counted
     return counts
+
+
+def decode_counts(counts: Counter, videos: int) -> dict[str, float]:
+    r"""Frames decoded per video, and decodes of a frame already decoded for that video (0: each frame once)."""
+    return {
+        "decoded_frames_per_video": sum(counts.values()) / videos,
+        "frames_decoded_again": sum(count - 1 for count in counts.values()),
+    }
 
 
 def evaluate(classifier, examples: list[dict], data_dir: str, args: argparse.Namespace, counts: Counter) -> dict:
@@ -66,10 +77,11 @@ def evaluate(classifier, examples: list[dict], data_dir: str, args: argparse.Nam
             report[f"clips{clips}_{combine}"] = {
                 "accuracy": accuracy,
                 "videos_per_s": len(videos) / seconds,
-                "decoded_frames_per_video": sum(counts.values()) / len(videos),
+                **decode_counts(counts, len(videos)),
             }
 
     ious, right = [], 0
+    counts.clear()
     for video, example in zip(videos, examples):
         timeline = classifier.timeline(video, window=args.window, stride=args.stride, batch_size=args.batch)
         best = max(timeline["timeline"]["segments"], key=lambda segment: segment["score"])
@@ -79,6 +91,7 @@ def evaluate(classifier, examples: list[dict], data_dir: str, args: argparse.Nam
         "best_segment_iou_mean": sum(ious) / len(ious),
         "best_segment_iou_over_0.3": sum(iou > 0.3 for iou in ious) / len(ious),
         "best_segment_right_class": right / len(ious),
+        **decode_counts(counts, len(videos)),
     }
     return report
 
@@ -102,7 +115,7 @@ def main() -> None:
     parser.add_argument("--warmup_ratio", type=float, default=0.1)
     parser.add_argument("--work_dir", help="keep model, data and runs here (default: a temporary folder)")
     args = parser.parse_args()
-    args.stage_set = []
+    args.stage_set, args.generator = [], "motion"  # learning_parity's recipe and its trimmed motion clips
 
     from ivcp.demo.long_videos import make_long_motion_dataset
     from ivcp.inference import ActionClassifier

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import ivcp
+from ivcp.demo.long_videos import write_two_action_clips
 from ivcp.demo.motion_videos import make_motion_dataset
 from ivcp.demo.tiny_model import build_tiny_qwen2vl
 from tests.helpers import OFFLINE_ENV, base_config, run_cli
@@ -28,6 +29,20 @@ def motion_data(tmp_path_factory) -> str:
     data_dir = str(tmp_path_factory.mktemp("motion_data"))
     make_motion_dataset(data_dir, num_train_per_class=4, num_test_per_class=2, seed=0)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def long_clips(tmp_path_factory) -> list[tuple[str, str, str]]:
+    r"""(first motion alone, second alone, both in a row) for 4 pairs of motions: 1 s + 1 s at 8 fps."""
+    return write_two_action_clips(str(tmp_path_factory.mktemp("long_clips")))
+
+
+@pytest.fixture(scope="session")
+def long_trained(tiny_model, motion_data, tmp_path_factory) -> Path:
+    r"""A tiny LoRA run trained long enough (6 steps) to tell some motions apart: the long-video tests' model."""
+    work_dir = tmp_path_factory.mktemp("long_videos")
+    run_cli(base_config(tiny_model, motion_data, str(work_dir / "out"), max_steps=6, save_steps=6), work_dir)
+    return work_dir / "out"
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,11 @@
     ivcp classify --model M --adapter A --manifest videos.csv --output out.jsonl --num_shards 100 --shard_index 7
     ivcp classify --model M --adapter A --dataset my_unlabelled --dataset_dir data --ray auto --output out_dir
 
+Long videos (docs/long_videos.md): ``--test_clips 4`` combines 4 clips per video; ``--window 2 --stride 1`` gives
+each row a timeline (per-window probabilities, merged segments) beside the whole-video answer.
+
+    ivcp classify --model M --adapter A --glob 'long/*.mp4' --window 2 --stride 1 --output timelines.jsonl
+
 Rerunning the same command resumes: videos already in the output are skipped (see docs/classify_at_scale.md).
 
 ``ivcp show-frames``: which frames of each video the model sees (``--json``, ``--sheet DIR``).
@@ -38,6 +43,7 @@ from . import show_frames
 
 
 def _classify(args: argparse.Namespace) -> int:
+    from .batch.clips import ClipSettings
     from .batch.inputs import list_inputs
     from .batch.ranks import Placement
     from .batch.runner import Job, classify_items
@@ -46,6 +52,9 @@ def _classify(args: argparse.Namespace) -> int:
     try:
         prompt = user_prompt(args.prompt)
         placement = Placement.from_env(args.num_shards, args.shard_index)
+        clips = ClipSettings(
+            args.test_clips, args.clip_combine, args.window, args.stride, args.segment_threshold
+        ).check()
         inputs = list_inputs(
             prompt,
             args.videos,
@@ -71,7 +80,7 @@ def _classify(args: argparse.Namespace) -> int:
 
     settings = _parse_settings(args.set)
     if args.ray is not None:
-        return _classify_with_ray(args, inputs.items, settings)
+        return _classify_with_ray(args, inputs.items, settings, clips)
 
     def load_reader() -> Any:
         import torch
@@ -81,15 +90,17 @@ def _classify(args: argparse.Namespace) -> int:
         device = f"cuda:{placement.local_rank}" if placement.world_size > 1 and torch.cuda.is_available() else None
         return ActionClassifier.reader(args.model, adapter=args.adapter, device=device, **settings)
 
-    job = Job(args.output, args.top_k, args.batch_size, args.decode_workers)
+    job = Job(args.output, args.top_k, args.batch_size, args.decode_workers, clips=clips)
     try:
         return classify_items(load_reader, inputs.items, job, placement)
+    except ValueError as err:  # an output made with other --test_clips / --window flags
+        raise SystemExit(f"ivcp classify: {err}") from err
     except KeyboardInterrupt:
         print("ivcp classify: interrupted; rerun the same command to classify the rest.", file=sys.stderr)
         return 130
 
 
-def _classify_with_ray(args: argparse.Namespace, items: list, settings: dict[str, Any]) -> int:
+def _classify_with_ray(args: argparse.Namespace, items: list, settings: dict[str, Any], clips: Any) -> int:
     import ray
 
     from .batch.ray_data import classify_with_ray
@@ -109,6 +120,7 @@ def _classify_with_ray(args: argparse.Namespace, items: list, settings: dict[str
         concurrency=args.concurrency,
         decode_concurrency=args.decode_workers,
         output_format=args.output_format,
+        clips=clips,
     )
     print(f"ivcp classify: {len(items)} videos classified by Ray into {args.output}/.", file=sys.stderr)
     return 0
@@ -206,6 +218,24 @@ def _add_classify_arguments(classify: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="LLaMA-Factory model/data arguments, e.g. video_fps=2",
+    )
+
+    long = classify.add_argument_group("long videos (see docs/long_videos.md)")
+    long.add_argument(
+        "--test_clips", type=int, default=1, help="cut each video into N clips and combine their answers (N passes)"
+    )
+    long.add_argument("--clip_combine", default="mean", help="how N clips combine: mean (probabilities), logits, max")
+    long.add_argument(
+        "--window", type=float, default=None, metavar="SECONDS", help="a timeline: classify windows of this length"
+    )
+    long.add_argument(
+        "--stride", type=float, default=None, metavar="SECONDS", help="between windows (default: window)"
+    )
+    long.add_argument(
+        "--segment_threshold",
+        type=float,
+        default=None,
+        help="a window shows a class at or above this probability (default: its top class; multi-label: the head's)",
     )
 
     scale = classify.add_argument_group("at scale (see docs/classify_at_scale.md)")

@@ -440,25 +440,63 @@ class ActionClassifier:
         ``{"video", "error", "error_kind"}``. Each window is sampled with the whole frame budget: one forward pass
         per window.
         """
-        try:
-            spans = timeline_windows(self.duration(video), window, stride)
-        except ActionDataError as err:
-            return self.result(video, err, top_k)
-
-        clips = [VideoWindow(video, start, end) for start, end in spans]
+        clips, layout = self.split_timeline([video], window, stride)
         rows = [
             row
             for i in range(0, len(clips), batch_size)
             for row in self.classify_batch(clips[i : i + batch_size], prompt)
         ]
-        error = next((row for row in rows if isinstance(row, ActionDataError)), None)
-        if error is not None:
-            return self.result(video, error, top_k)
+        return self.join_timeline([video], layout, rows, top_k, segment_threshold)[0]
 
-        model = self.model
-        return {
-            "video": video,
-            **timeline_result(
-                spans, torch.stack(rows), model.problem_type, model.threshold, self.names, top_k, segment_threshold
-            ),
-        }
+    def split_timeline(
+        self, videos: list[str], window: float, stride: float | None = None
+    ) -> tuple[list[VideoWindow], list[list[tuple[float, float]] | ActionDataError]]:
+        r"""The timeline windows of ``videos`` in order, and per video its windows (seconds) or the error that stopped it.
+
+        The timeline's :meth:`split_clips`: with :meth:`join_timeline` around :meth:`prepare` /
+        :meth:`classify_prepared`, ``ivcp classify --window`` classifies the windows where it prepares videos.
+        """
+        clips: list[VideoWindow] = []
+        layout: list[list[tuple[float, float]] | ActionDataError] = []
+        for video in videos:
+            try:
+                spans = timeline_windows(self.duration(video), window, stride)
+            except ActionDataError as err:
+                layout.append(err)
+                continue
+            clips.extend(VideoWindow(video, start, end) for start, end in spans)
+            layout.append(spans)
+        return clips, layout
+
+    def join_timeline(
+        self,
+        videos: list[str],
+        layout: list[list[tuple[float, float]] | ActionDataError],
+        rows: list[torch.Tensor | ActionDataError],
+        top_k: int = 5,
+        segment_threshold: float | None = None,
+    ) -> list[dict[str, Any]]:
+        r"""Per video, :meth:`timeline`'s result from its windows' ``rows`` (or the first error among them)."""
+        rows = iter(rows)
+        results = []
+        for video, spans in zip(videos, layout):
+            if isinstance(spans, ActionDataError):
+                results.append(self.result(video, spans, top_k))
+                continue
+            window_rows = [next(rows) for _ in spans]
+            error = next((row for row in window_rows if isinstance(row, ActionDataError)), None)
+            if error is not None:
+                results.append(self.result(video, error, top_k))
+                continue
+            model = self.model
+            timeline = timeline_result(
+                spans,
+                torch.stack(window_rows),
+                model.problem_type,
+                model.threshold,
+                self.names,
+                top_k,
+                segment_threshold,
+            )
+            results.append({"video": video, **timeline})
+        return results

@@ -4,7 +4,10 @@ Each process appends its rows to its own part file, one ``write`` per batch foll
 SIGKILL loses at most the batch in flight. A torn last line (a machine that lost power mid-write) is cut off when the
 part is reopened, and readers ignore it. A rerun reads every row already written, in the final output and in all
 parts (whatever the earlier run's number of processes was), and skips those videos: no video is written twice.
-When every part of the run carries its done marker, the last process to finish merges them, under a file lock,
+The flags that shape a row (``--test_clips``, ``--window``...), when not the defaults, are recorded beside the output
+(``OUTPUT.settings.json``, before the first row): a rerun with other flags is refused rather than mixing two kinds of
+row. When every part of
+the run carries its done marker, the last process to finish merges them, under a file lock,
 into the output in input order (write a temporary file, fsync, rename) and removes the parts.
 """
 
@@ -105,6 +108,48 @@ def _cut_torn_tail(fd: int) -> None:
     if end != size:
         os.ftruncate(fd, end)
         os.fsync(fd)
+
+
+def settings_path(output: str) -> str:
+    return f"{output}.settings.json"
+
+
+def claim_settings(output: str, settings: dict[str, Any], defaults: dict[str, Any], has_rows: bool) -> None:
+    r"""Record ``settings`` for ``output``, or raise a ValueError when the rows already there were made with others.
+
+    An output without a record was made with ``defaults`` (a run with them writes none: nothing new on disk for the
+    usual run). The record is created with an exclusive link, so processes starting together agree on one.
+    """
+    path = settings_path(output)
+    if not os.path.isfile(path):
+        if has_rows or settings == defaults:
+            _refuse_other(output, defaults, settings)
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        temporary = f"{path}.{os.getpid()}"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(settings, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process recorded first: compare with its record
+            os.link(temporary, path)
+        os.remove(temporary)
+
+    with open(path, encoding="utf-8") as f:
+        _refuse_other(output, json.load(f), settings)
+
+
+def _refuse_other(output: str, recorded: dict[str, Any], settings: dict[str, Any]) -> None:
+    def flags(values: dict[str, Any]) -> str:
+        return " ".join(f"--{key} {'(not set)' if values.get(key) is None else values.get(key)}" for key in changed)
+
+    changed = [key for key in sorted({**recorded, **settings}) if recorded.get(key) != settings.get(key)]
+    if changed:
+        record = f" (its record: {settings_path(output)})" if os.path.isfile(settings_path(output)) else ""
+        raise ValueError(
+            f"{output} holds rows classified with {flags(recorded)}, but this run asks for {flags(settings)}: rerun "
+            f"with the same flags to resume it, or give another --output{record}."
+        )
 
 
 def mark_done(output: str, part: int, parts: int) -> None:

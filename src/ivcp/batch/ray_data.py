@@ -19,42 +19,60 @@ import torch
 
 from ..data.context import ActionDataError
 from ..inference import ActionClassifier
+from .clips import ClipSettings
 from .inputs import Item
-from .runner import output_row
 
 
 class PrepareVideos:
-    r"""CPU stage: a batch of rows -> one row with the collated inputs and each video's outcome.
+    r"""CPU stage: a batch of rows -> one row with each video's clips (``clips``) collated, and their outcomes.
 
     It holds the classifier's reader (tokenizer, processor, collator: :meth:`ActionClassifier.reader`), no weights.
     """
 
-    def __init__(self, model: str, adapter: str | None = None, settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        adapter: str | None = None,
+        settings: dict[str, Any] | None = None,
+        clips: ClipSettings | None = None,
+        batch_size: int = 8,
+    ) -> None:
         self.classifier = ActionClassifier.reader(model, adapter=adapter, **(settings or {}))
+        self.clips, self.batch_size = clips or ClipSettings(), batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        collated, outcomes = self.classifier.prepare([row["video"] for row in rows], [row["prompt"] for row in rows])
-        return pa.table({"prepared": [pickle.dumps((rows, collated, outcomes))]})
+        videos, prompts = [row["video"] for row in rows], [row["prompt"] for row in rows]
+        layout, spans, batches = self.clips.prepare(self.classifier, videos, prompts, self.batch_size)
+        return pa.table({"prepared": [pickle.dumps((rows, layout, spans, list(batches)))]})
 
 
 class ClassifyVideos:
     r"""Model stage (an actor per GPU): a prepared batch -> one result row per video, extra columns carried."""
 
     def __init__(
-        self, model: str, adapter: str | None = None, settings: dict[str, Any] | None = None, top_k: int = 5
+        self,
+        model: str,
+        adapter: str | None = None,
+        settings: dict[str, Any] | None = None,
+        top_k: int = 5,
+        clips: ClipSettings | None = None,
     ) -> None:
         self.classifier = ActionClassifier.from_pretrained(model, adapter=adapter, **(settings or {}))
-        self.top_k = top_k
+        self.top_k, self.clips = top_k, clips or ClipSettings()
         self.schema: pa.Schema | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = []
         for prepared in batch.column("prepared").to_pylist():
-            rows, collated, outcomes = pickle.loads(prepared)
-            for row, outcome in zip(rows, self.classifier.classify_prepared(collated, outcomes)):
+            rows, layout, spans, batches = pickle.loads(prepared)
+            outcomes = [row for collated, each in batches for row in self.classifier.classify_prepared(collated, each)]
+            videos = [row["video"] for row in rows]
+            for row, result in zip(
+                rows, self.clips.join(self.classifier, videos, layout, spans, outcomes, self.top_k)
+            ):
                 extra = {key: value for key, value in row.items() if key not in ("video", "prompt")}
-                results.append(output_row(self.classifier, row["video"], extra, outcome, self.top_k))
+                results.append({**extra, **result})
                 self.schema = self.schema or self._schema(extra)
 
         return pa.Table.from_pylist(results, schema=self.schema)
@@ -64,11 +82,15 @@ class ClassifyVideos:
 
         It is the union of a classified and a failed row of this head, with the extra columns of the input rows.
         """
-        logits = torch.full((1, self.classifier.model.action_decoder.num_classes), 10.0)  # every class chosen
+        logits = torch.full((self.classifier.model.action_decoder.num_classes,), 10.0)  # every class chosen
         error = ActionDataError("example", kind="video unreadable")
-        samples = [output_row(self.classifier, "v", extra, outcome, self.top_k) for outcome in (logits[0], error)]
+        if self.clips.window is not None:
+            layout, rows = [[(0.0, 1.0)], error], [logits]
+        else:
+            layout, rows = ([1, error], [logits]) if self.clips.test_clips > 1 else ([1, 1], [logits, error])
+        samples = self.clips.join(self.classifier, ["v", "v"], layout, [(0.0, 1.0)], rows, self.top_k)
         columns = dict.fromkeys(key for sample in samples for key in sample)
-        return pa.Table.from_pylist([{**columns, **sample} for sample in samples]).schema
+        return pa.Table.from_pylist([{**columns, **extra, **sample} for sample in samples]).schema
 
 
 def classify_with_ray(
@@ -83,6 +105,7 @@ def classify_with_ray(
     concurrency: int = 1,
     decode_concurrency: int = 2,
     output_format: str = "jsonl",
+    clips: ClipSettings | None = None,
 ) -> None:
     r"""Run the pipeline on the connected Ray cluster (call ``ray.init`` first) and write ``output`` (a folder)."""
     import ray
@@ -93,15 +116,15 @@ def classify_with_ray(
         ray.data.from_items(rows)
         .map_batches(
             PrepareVideos,
-            fn_constructor_kwargs=arguments,
-            batch_size=batch_size,
+            fn_constructor_kwargs={**arguments, "clips": clips, "batch_size": batch_size},
+            batch_size=clips.videos_per_batch(batch_size) if clips else batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=decode_concurrency),
             num_cpus=1,
         )
         .map_batches(
             ClassifyVideos,
-            fn_constructor_kwargs={**arguments, "top_k": top_k},
+            fn_constructor_kwargs={**arguments, "top_k": top_k, "clips": clips},
             batch_size=1,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=concurrency),

@@ -11,15 +11,15 @@ import json
 import multiprocessing
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..data.context import ActionDataError
+from .clips import ClipSettings, Layout
 from .inputs import Item
-from .output import PartWriter, mark_done, merge, missing_parts, part_path, written_rows
+from .output import PartWriter, claim_settings, mark_done, merge, missing_parts, part_path, written_rows
 from .ranks import Placement, Progress
 
 
@@ -34,19 +34,42 @@ class Job:
     batch_size: int = 8
     decode_workers: int = 2
     progress: bool = True
+    clips: ClipSettings = field(default_factory=ClipSettings)  # whole videos, --test_clips or a --window timeline
 
 
-class _PreparedBatches(Dataset):
-    def __init__(self, classifier: "ActionClassifier", chunks: list[list[Item]]) -> None:
-        self.classifier = classifier
-        self.chunks = chunks
+@dataclass
+class _Piece:
+    r"""A batch of at most ``batch_size`` clips of one group of videos, prepared; the group's last piece has ``last``."""
 
-    def __len__(self) -> int:
-        return len(self.chunks)
+    group: int
+    layout: Layout
+    spans: list[tuple[float, float] | None]
+    batch: dict[str, Any] | None
+    outcomes: list[Any]
+    last: bool
 
-    def __getitem__(self, index: int) -> tuple[int, dict[str, Any] | None, list[Any]]:
-        chunk = self.chunks[index]
-        return index, *self.classifier.prepare([item.video for item in chunk], [item.prompt for item in chunk])
+
+class _PreparedPieces(IterableDataset):
+    r"""Each worker splits its groups of videos into clips (reading their lengths) and prepares them a batch at a time.
+
+    A long video's timeline is many batches: they are prepared one by one, so a worker holds one batch of frames.
+    """
+
+    def __init__(self, classifier: "ActionClassifier", groups: list[list[Item]], job: Job) -> None:
+        self.classifier, self.groups, self.job = classifier, groups, job
+
+    def __iter__(self) -> Iterator[_Piece]:
+        worker = get_worker_info()
+        first, step = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for group in range(first, len(self.groups), step):
+            items = self.groups[group]
+            videos, prompts = [item.video for item in items], [item.prompt for item in items]
+            layout, spans, batches = self.job.clips.prepare(self.classifier, videos, prompts, self.job.batch_size)
+            count = -(-len(spans) // self.job.batch_size)
+            for number, (batch, outcomes) in enumerate(batches, 1):
+                yield _Piece(group, layout, spans, batch, outcomes, last=number == count)
+            if not count:  # every video of the group failed before it was split
+                yield _Piece(group, layout, spans, None, [], last=True)
 
 
 def _as_is(sample: Any) -> Any:
@@ -57,18 +80,16 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)  # a decode worker runs beside the model: one core each
 
 
-def prepared_batches(
-    classifier: "ActionClassifier", items: list[Item], batch_size: int, workers: int
-) -> Iterator[tuple[list[Item], dict[str, Any] | None, list[Any]]]:
-    r"""Each batch of ``items`` with its collated inputs and outcomes, prepared ``workers`` batches ahead.
+def prepared_pieces(reader: "ActionClassifier", groups: list[list[Item]], job: Job) -> Iterator[_Piece]:
+    r"""The pieces of ``groups`` (lists of videos), prepared by ``job.decode_workers`` processes ahead of the model.
 
     The workers are forked by this call, not by the first ``next``: before the weights load, when the caller loads
     them after it.
     """
-    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    workers = min(job.decode_workers, len(groups))
     workers = workers if "fork" in multiprocessing.get_all_start_methods() else 0  # spawn would copy the model
     loader = DataLoader(
-        _PreparedBatches(classifier, chunks),
+        _PreparedPieces(reader, groups, job),
         batch_size=None,
         collate_fn=_as_is,
         num_workers=workers,
@@ -76,8 +97,21 @@ def prepared_batches(
         worker_init_fn=_one_thread if workers else None,
         prefetch_factor=2 if workers else None,
     )
-    batches = iter(loader)  # forks the workers now
-    return ((chunks[index], batch, outcomes) for index, batch, outcomes in batches)
+    return iter(loader)  # forks the workers now
+
+
+def classified_groups(
+    classifier: "ActionClassifier", groups: list[list[Item]], pieces: Iterator[_Piece], job: Job
+) -> Iterator[tuple[list[Item], list[dict[str, Any]]]]:
+    r"""Each group of videos with its results, once the model has classified all its pieces."""
+    rows: dict[int, list[Any]] = {}  # the groups in progress: workers interleave theirs
+    for piece in pieces:
+        rows.setdefault(piece.group, []).extend(classifier.classify_prepared(piece.batch, piece.outcomes))
+        if piece.last:
+            group = groups[piece.group]
+            videos = [item.video for item in group]
+            results = job.clips.join(classifier, videos, piece.layout, piece.spans, rows.pop(piece.group), job.top_k)
+            yield group, results
 
 
 class _StandardOutput:
@@ -87,17 +121,6 @@ class _StandardOutput:
 
     def close(self) -> None:
         pass
-
-
-def output_row(
-    classifier: "ActionClassifier",
-    video: str,
-    extra: dict[str, Any],
-    outcome: "torch.Tensor | ActionDataError",
-    top_k: int,
-) -> dict[str, Any]:
-    r"""The output row of one video: its manifest columns, then the classifier's result (the one place it is made)."""
-    return {**extra, **classifier.result(video, outcome, top_k)}
 
 
 def json_line(row: dict[str, Any]) -> str:
@@ -117,19 +140,20 @@ def classify_items(
 
     mine = placement.take(items)
     written = written_rows(job.output) if job.output else {}
+    if job.output:
+        claim_settings(job.output, job.clips.as_dict(), ClipSettings().as_dict(), has_rows=bool(written))
     todo = [item for item in mine if item.video not in written]
     writer = PartWriter(part_path(job.output, placement.part, placement.parts)) if job.output else _StandardOutput()
     reader = load_reader() if todo else None
     progress = Progress(placement, len(todo), len(mine) - len(todo), show=job.progress)
     try:
         if reader is not None:
-            batches = prepared_batches(reader, todo, job.batch_size, job.decode_workers)
+            per_group = job.clips.videos_per_batch(job.batch_size)
+            groups = [todo[start : start + per_group] for start in range(0, len(todo), per_group)]
+            pieces = prepared_pieces(reader, groups, job)
             classifier = reader.load_model()
-            for chunk, batch, outcomes in batches:
-                rows = [
-                    output_row(classifier, item.video, item.extra, outcome, job.top_k)
-                    for item, outcome in zip(chunk, classifier.classify_prepared(batch, outcomes))
-                ]
+            for group, results in classified_groups(classifier, groups, pieces, job):
+                rows = [{**item.extra, **result} for item, result in zip(group, results)]
                 writer.write(rows)
                 failed = [row for row in rows if "error" in row]  # unreadable files, non-finite logits
                 for row in failed:

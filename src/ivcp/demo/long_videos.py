@@ -5,6 +5,9 @@ square moves steadily in one direction (the class), and before and after it stan
 and end of the motion, with fresh noise in every frame). No single frame tells the classes apart, and a model that
 samples a few frames over the whole clip sees the motion in few or none of them: what multi-clip testing and the
 timeline are for. The true interval of the motion is written with each example (``event``: start, end seconds).
+
+:func:`write_two_action_clips` writes videos in which one motion follows another, with each motion alone beside
+them: what a timeline must split in two, in order.
 """
 
 import os
@@ -37,6 +40,35 @@ def render_long_motion(
     noise = rng.normal(0.0, 6.0, size=held.shape)
     noise[start : start + event] = 0.0  # the motion's frames have their own noise
     return np.clip(held + noise, 0, 255).astype(np.uint8), (start, start + event)
+
+
+TWO_ACTION_PAIRS = (("right", "up"), ("left", "down"), ("up", "left"), ("down", "right"))
+
+
+def write_two_action_clips(
+    out_dir: str,
+    pairs: tuple[tuple[str, str], ...] = TWO_ACTION_PAIRS,
+    seed: int = 7,
+    frames_each: int = 8,
+    fps: int = 8,
+    size: int = 64,
+) -> list[tuple[str, str, str]]:
+    r"""Per pair of motions, (first alone, second alone, first then second) mp4 paths under ``out_dir``.
+
+    Each motion lasts ``frames_each / fps`` seconds, so in the joined clip the second starts exactly there.
+    """
+    rng = np.random.default_rng(seed)
+    clips = []
+    for i, (first, second) in enumerate(pairs):
+        a, b = (
+            render_motion_frames(first, rng, frames_each, size),
+            render_motion_frames(second, rng, frames_each, size),
+        )
+        paths = tuple(os.path.join(out_dir, f"{i}_{name}.mp4") for name in ("a", "b", "ab"))
+        for path, frames in zip(paths, (a, b, np.concatenate([a, b]))):
+            write_clip(path, frames, fps)
+        clips.append(paths)
+    return clips
 
 
 def make_long_motion_dataset(

@@ -15,6 +15,8 @@ from .control import (
     probability_chart,
     result_markdown,
     sampled_frames,
+    segments_markdown,
+    timeline_chart,
 )
 from .options import ACTION_OPTIONS, create_option_widget
 
@@ -76,7 +78,11 @@ class ActionTrainBox:
 
 
 class TryIt:
-    r"""Classify one video with the checkpoint chosen in the top bar (the loaded model is kept for the next video)."""
+    r"""Classify one video with the checkpoint chosen in the top bar (the loaded model is kept for the next video).
+
+    With test clips N > 1 the answer combines N clips; with a window, it is the video's timeline (a chart over time
+    and the merged segments) through :meth:`ActionClassifier.timeline`.
+    """
 
     def __init__(self) -> None:
         self.key: tuple | None = None
@@ -109,6 +115,9 @@ class TryIt:
         video: str | None,
         video_path: str,
         top_k: int,
+        test_clips: float,
+        window: float,
+        stride: float,
     ):
         video = video or (video_path or "").strip()
         if not video:
@@ -119,13 +128,30 @@ class TryIt:
         except LookupError:
             raise gr.Error(ALERTS["err_action_no_head"][lang]) from None
 
-        result = classifier.predict(video, top_k=int(top_k))
+        if window and int(test_clips or 1) > 1:
+            raise gr.Error(ALERTS["err_action_clips_and_window"][lang])
+        try:
+            if window:
+                result = classifier.timeline(
+                    video, window=float(window), stride=float(stride or 0) or None, top_k=int(top_k)
+                )
+            else:
+                result = classifier.predict(video, top_k=int(top_k), test_clips=int(test_clips or 1))
+        except ValueError as err:  # a window, stride or clip count that cannot work
+            raise gr.Error(str(err)) from None
         if "error" in result:
             raise gr.Error(result["error"])
 
         classes = result["classes"]  # the top-k, or every class at or above a multi-label head's threshold
+        markdown = result_markdown(classes, ALERTS["info_action_top_class"][lang])
+        timeline = gr.Plot(visible=False)
+        if "timeline" in result:
+            markdown += "\n\n" + segments_markdown(
+                result["timeline"]["segments"], ALERTS["info_action_segments"][lang]
+            )
+            timeline = gr.Plot(timeline_chart(result), visible=True)
         frames = sampled_frames(video, *classifier.video_settings)
-        return probability_chart(classes), result_markdown(classes, ALERTS["info_action_top_class"][lang]), frames
+        return probability_chart(classes), markdown, frames, timeline
 
 
 def create_action_eval_box(engine: "Engine", elem_dict: dict[str, "Component"]) -> dict[str, "Component"]:
@@ -147,12 +173,17 @@ def create_action_eval_box(engine: "Engine", elem_dict: dict[str, "Component"]) 
             with gr.Column(scale=1):
                 video_path = gr.Textbox()
                 top_k = gr.Slider(minimum=1, maximum=20, value=5, step=1)
+                with gr.Row():
+                    test_clips = gr.Number(value=1, minimum=1, maximum=64, precision=0)
+                    window = gr.Number(value=0, minimum=0)
+                    stride = gr.Number(value=0, minimum=0)
                 classify_btn = gr.Button(variant="primary")
 
         with gr.Row():
             plot = gr.Plot()
             result = gr.Markdown()
 
+        timeline = gr.Plot(visible=False)
         frames = gr.Gallery(columns=8, height="auto", interactive=False)
 
     def show_results(model_name: str, finetuning_type: str, output_dir: str):
@@ -177,7 +208,11 @@ def create_action_eval_box(engine: "Engine", elem_dict: dict[str, "Component"]) 
         [metrics, confusion_matrix],
         queue=False,
     )
-    classify_btn.click(TryIt().classify, [*top, video, video_path, top_k], [plot, result, frames])
+    classify_btn.click(
+        TryIt().classify,
+        [*top, video, video_path, top_k, test_clips, window, stride],
+        [plot, result, frames, timeline],
+    )
     return dict(
         action_eval_metrics=metrics,
         action_confusion_matrix=confusion_matrix,
@@ -185,6 +220,10 @@ def create_action_eval_box(engine: "Engine", elem_dict: dict[str, "Component"]) 
         action_try_video=video,
         action_try_path=video_path,
         action_try_top_k=top_k,
+        action_try_test_clips=test_clips,
+        action_try_window=window,
+        action_try_stride=stride,
+        action_try_timeline=timeline,
         action_try_btn=classify_btn,
         action_try_frames=frames,
         action_try_plot=plot,

@@ -137,6 +137,35 @@ def probability_chart(top_k: list[dict[str, Any]]) -> "Figure":
     return figure
 
 
+def timeline_chart(result: dict[str, Any]) -> "Figure":
+    r"""Each shown class's probability at the centre of every window, the merged segments shaded in its colour."""
+    from matplotlib.figure import Figure
+
+    timeline = result["timeline"]
+    centres = [(window["start"] + window["end"]) / 2 for window in timeline["windows"]]
+    figure = Figure(figsize=(7, 3.2), tight_layout=True)
+    axes = figure.add_subplot()
+    colours = {}
+    for item in result["classes"]:
+        line = [window["probabilities"][item["class"]] for window in timeline["windows"]]
+        (drawn,) = axes.plot(centres, line, marker="o", label=item.get("name", str(item["class"])))
+        colours[item["class"]] = drawn.get_color()
+    for segment in timeline["segments"]:
+        axes.axvspan(segment["start"], segment["end"], color=colours.get(segment["class"], "grey"), alpha=0.12)
+    axes.set_xlim(0, timeline["windows"][-1]["end"])
+    axes.set_ylim(0, 1.05)
+    axes.set_xlabel("seconds (window centres)")
+    axes.set_ylabel("probability")
+    axes.legend(loc="upper right", fontsize="small")
+    return figure
+
+
+def segments_markdown(segments: list[dict[str, Any]], title: str) -> str:
+    r"""The timeline's merged segments in time order: when, which class, its mean probability."""
+    rows = [f"| {s['start']:.2f} s – {s['end']:.2f} s | {s['label']} | {s['score']:.2%} |" for s in segments]
+    return "\n".join([f"**{title}**", "", "| time | class | score |", "| --- | --- | --- |", *rows])
+
+
 def result_markdown(classes: list[dict[str, Any]], title: str) -> str:
     r"""The top class, then every shown class with its probability."""
     rows = [f"| {item['class']} | {item.get('name', '')} | {item['probability']:.2%} |" for item in classes]

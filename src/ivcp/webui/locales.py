@@ -89,6 +89,18 @@ _STRINGS: dict[str, dict[str, dict[str, Any]]] = {
         "en": {"label": "Top-k", "info": "How many classes to show."},
         "zh": {"label": "Top-k", "info": "显示的类别数。"},
     },
+    "action_try_test_clips": {
+        "en": {"label": "Test clips", "info": "Cut the video into N clips and average their answers (N passes)."},
+        "zh": {"label": "测试片段数", "info": "把视频切成 N 段分别分类再取平均（N 次前向）。"},
+    },
+    "action_try_window": {
+        "en": {"label": "Window (s)", "info": "A timeline: classify windows of this many seconds (0: off)."},
+        "zh": {"label": "窗口（秒）", "info": "时间线：按此长度的窗口逐段分类（0 为关闭）。"},
+    },
+    "action_try_stride": {
+        "en": {"label": "Stride (s)", "info": "Seconds between windows (0: the window, side by side)."},
+        "zh": {"label": "步长（秒）", "info": "相邻窗口的间隔秒数（0 为等于窗口，首尾相接）。"},
+    },
     "action_try_btn": {
         "en": {"value": "Classify"},
         "zh": {"value": "分类"},
@@ -96,6 +108,10 @@ _STRINGS: dict[str, dict[str, dict[str, Any]]] = {
     "action_try_plot": {
         "en": {"label": "Class probabilities"},
         "zh": {"label": "类别概率"},
+    },
+    "action_try_timeline": {
+        "en": {"label": "Class probability over time"},
+        "zh": {"label": "类别概率随时间变化"},
     },
     "action_try_frames": {
         "en": {"label": "Sampled frames (what the classifier saw)"},
@@ -112,9 +128,17 @@ _ALERTS = {
         "en": "The selected checkpoint holds no action head: choose the output of an action_cls run.",
         "zh": "所选检查点中没有动作分类头：请选择 action_cls 训练的输出。",
     },
+    "err_action_clips_and_window": {
+        "en": "Set test clips or a window, not both: a timeline classifies each window once.",
+        "zh": "测试片段数与窗口只能设置其一：时间线对每个窗口只分类一次。",
+    },
     "info_action_top_class": {
         "en": "Top class",
         "zh": "最可能的类别",
+    },
+    "info_action_segments": {
+        "en": "Segments",
+        "zh": "片段",
     },
 }
 

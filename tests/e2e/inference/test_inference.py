@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ivcp.batch.inputs import Item
-from ivcp.batch.runner import prepared_batches
+from ivcp.batch.runner import Job, prepared_pieces
 from ivcp.constants import DEFAULT_PROMPT
 from ivcp.data.context import ActionDataError, media_error
 from ivcp.inference import ActionClassifier
@@ -39,11 +39,13 @@ def test_classify_forks_its_decode_workers_before_the_weights_load(tiny_model, t
     videos = [record["videos"][0] for record in records]
     reader = ActionClassifier.reader(tiny_model, adapter=str(output_dir))
     before = set(psutil.Process().children())
-    batches = prepared_batches(reader, [Item(video, DEFAULT_PROMPT) for video in videos], batch_size=3, workers=2)
+    items = [Item(video, DEFAULT_PROMPT) for video in videos]
+    groups = [items[start : start + 3] for start in range(0, len(items), 3)]
+    pieces = prepared_pieces(reader, groups, Job(None, batch_size=3, decode_workers=2))
     assert len(set(psutil.Process().children()) - before) == 2 and reader.model is None
 
     classifier = reader.load_model()
-    rows = [row for _, batch, outcomes in batches for row in classifier.classify_prepared(batch, outcomes)]
+    rows = [row for piece in pieces for row in classifier.classify_prepared(piece.batch, piece.outcomes)]
     torch.testing.assert_close(torch.stack(rows), classifier.predict_logits(videos))
 
 

@@ -14,6 +14,7 @@ import ivcp
 from ivcp import integration, stage_patches
 from ivcp.data.video_reader import plan_video
 from ivcp.demo.motion_videos import DIRECTIONS
+from ivcp.inference import ActionClassifier
 from ivcp.model.head_config import load_head_config
 from tests.helpers import free_port, read_json, start_command, wait_for_http
 
@@ -56,8 +57,13 @@ def _listbox(page, label: str):
     return page.get_by_role("listbox", name=label, exact=True).filter(visible=True)
 
 
-def _drive_board(page, url: str, work_dir: Path, tiny_model: str, motion_data: str, shots: Path, expect) -> None:
-    r"""What a user does in LLaMA Board: train, evaluate and try an action classifier; screenshots in ``shots``."""
+def _drive_board(
+    page, url: str, work_dir: Path, tiny_model: str, motion_data: str, shots: Path, expect, two_actions: str
+) -> None:
+    r"""What a user does in LLaMA Board: train, evaluate and try an action classifier; screenshots in ``shots``.
+
+    The try-it panel classifies a test clip, then draws the timeline of ``two_actions`` (two motions in a row).
+    """
     names_file = work_dir / "directions.json"
     names_file.write_text(json.dumps(list(DIRECTIONS)))
     page.set_default_timeout(60_000)
@@ -158,6 +164,24 @@ def _drive_board(page, url: str, work_dir: Path, tiny_model: str, motion_data: s
     plan = plan_video(clip, preprocessing["video_fps"], preprocessing["video_maxlen"])
     for index, seconds in zip(plan.sample_indices, plan.timestamps):
         expect(page.get_by_text(f"#{index} {seconds:.2f} s", exact=True).first).to_be_attached()
+
+    # a timeline: the chart of class probability over time appears, with the classifier's own segments listed
+    chart_label = page.locator("label[data-testid=block-label]", has_text="Class probability over time")
+    expect(chart_label).to_be_hidden()
+    _field(page, "Video path").fill(two_actions)
+    page.get_by_label("Window (s)").fill("1")
+    page.get_by_label("Stride (s)").fill("0.5")
+    page.get_by_role("button", name="Classify").click()
+    expect(chart_label).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+    expect(page.locator("div.block").filter(has=chart_label).last.locator("img")).to_be_visible()  # innermost
+    expected = ActionClassifier.from_pretrained(tiny_model, adapter=str(run_dir)).timeline(two_actions, 1.0, 0.5)
+    segments = expected["timeline"]["segments"]
+    shown = page.get_by_role("row").filter(has_text=re.compile(r"\d s – \d")).filter(visible=True)
+    expect(shown).to_have_count(len(segments))
+    for row, segment in zip(shown.all(), segments):
+        cells = [cell.strip() for cell in row.inner_text().split("\t")]
+        time_span = f"{segment['start']:.2f} s – {segment['end']:.2f} s"
+        assert cells == [time_span, segment["label"], f"{segment['score']:.2%}"], cells
     page.get_by_text("Try the action classifier", exact=True).scroll_into_view_if_needed()
     page.get_by_text("Try the action classifier", exact=True).locator(
         "xpath=ancestor::div[contains(@class,'block')][1]"
@@ -190,7 +214,7 @@ def webui(tmp_path):
         process.wait(timeout=60)
 
 
-def test_webui_trains_evaluates_and_tries_an_action_classifier(webui, tiny_model, motion_data):
+def test_webui_trains_evaluates_and_tries_an_action_classifier(webui, tiny_model, motion_data, long_clips):
     playwright = pytest.importorskip("playwright.sync_api")
     if not os.path.isfile(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
@@ -210,6 +234,7 @@ def test_webui_trains_evaluates_and_tries_an_action_classifier(webui, tiny_model
                 motion_data,
                 shots,
                 playwright.expect,
+                long_clips[0][2],
             )
         finally:
             browser.close()

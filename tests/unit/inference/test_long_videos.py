@@ -14,36 +14,16 @@ from ivcp.api.app import create_action_app
 from ivcp.cli import main
 from ivcp.data import video_reader
 from ivcp.data.video_reader import VideoWindow, plan_video
-from ivcp.demo.motion_videos import render_motion_frames, write_clip
 from ivcp.hparams.serving_args import ActionServingArguments
 from ivcp.inference import ActionClassifier
 from ivcp.model.decoding import combine_clips, decode, probabilities
 from ivcp.model.multi_label import MULTI_LABEL, SINGLE_LABEL
 from ivcp.model.timeline import merge_segments, timeline_windows
-from tests.helpers import base_config, run_cli
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_model, motion_data, tmp_path_factory) -> ActionClassifier:
-    r"""One tiny LoRA run, shared by this module's tests."""
-    work_dir = tmp_path_factory.mktemp("long_videos")
-    run_cli(base_config(tiny_model, motion_data, str(work_dir / "out"), max_steps=6, save_steps=6), work_dir)
-    return ActionClassifier.from_pretrained(tiny_model, adapter=str(work_dir / "out"))
-
-
-@pytest.fixture(scope="module")
-def long_clips(tmp_path_factory) -> list[tuple[str, str, str]]:
-    r"""(first motion alone, second alone, both in a row) for a few pairs of motions: 1 s + 1 s at 8 fps."""
-    out_dir = tmp_path_factory.mktemp("long_clips")
-    rng = np.random.default_rng(7)
-    clips = []
-    for i, (first, second) in enumerate([("right", "up"), ("left", "down"), ("up", "left"), ("down", "right")]):
-        a, b = render_motion_frames(first, rng, 8, 64), render_motion_frames(second, rng, 8, 64)
-        paths = [str(out_dir / f"{i}_{name}.mp4") for name in ("a", "b", "ab")]
-        for path, frames in zip(paths, (a, b, np.concatenate([a, b]))):
-            write_clip(path, frames)
-        clips.append(tuple(paths))
-    return clips
+def classifier(tiny_model, long_trained) -> ActionClassifier:
+    return ActionClassifier.from_pretrained(tiny_model, adapter=str(long_trained))
 
 
 def test_clips_cover_the_video_without_gap(classifier, long_clips):
@@ -236,3 +216,19 @@ def test_show_frames_shows_each_clip_and_window(long_clips, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["show-frames", video, "--test_clips", "2", "--sheet", str(tmp_path / "sheets")])
     assert sorted(os.listdir(tmp_path / "sheets")) == ["0_ab.mp4.part0.png", "0_ab.mp4.part1.png"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--test_clips", "2", "--window", "1"], "give --test_clips or --window, not both"),
+        (["--stride", "1"], "give --window SECONDS too"),
+        (["--window", "0"], "window and stride must be positive"),
+        (["--test_clips", "0"], "number of test clips must be a positive integer"),
+        (["--clip_combine", "median"], "--clip_combine must be one of"),
+        (["--window", "1", "--segment_threshold", "2"], r"--segment_threshold is a probability in \[0, 1\]"),
+    ],
+)
+def test_classify_flags_that_cannot_work_stop_before_any_model_loads(flags, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        main(["classify", "--model", str(tmp_path / "no_model"), str(tmp_path / "v.mp4"), *flags])
