@@ -224,6 +224,7 @@ class FrameCache:
     @contextmanager
     def _locked(self) -> "Iterator[dict[str, int]]":
         r"""The ledger ({bytes, entries}), under the cache's lock; written back when the block ends."""
+        os.makedirs(self.directory, exist_ok=True)  # cleared (`rm -rf`) while a run uses it: start again
         with open(os.path.join(self.directory, _LOCK), "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             ledger = self._read_ledger()
