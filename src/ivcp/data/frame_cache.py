@@ -80,9 +80,10 @@ def _decoder_versions() -> dict[str, Any]:
 
 
 @lru_cache(maxsize=65536)
-def _plan_key(plan: VideoPlan, max_pixels: int | None) -> str:
+def _plan_digest(plan: VideoPlan, max_pixels: int | None) -> str:
+    r"""What decides the frames besides the file: the plan (frames, window, rotation), their size, the decoder."""
     material = {"format": CACHE_FORMAT, "plan": asdict(plan), "max_pixels": max_pixels, **_decoder_versions()}
-    return json.dumps(material, sort_keys=True)
+    return sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 def file_identity(path: str) -> tuple[int, int, str]:
@@ -123,10 +124,10 @@ def _decode(key: str, blob: bytes) -> np.ndarray | None:
 
 
 def _as_array(frames: list["Image"]) -> np.ndarray | None:
-    arrays = [np.asarray(frame.convert("RGB")) for frame in frames]
-    if len({array.shape for array in arrays}) != 1:  # a stream that changes size midway: not cached
+    r"""The frames as one uint8 array; None for frames of several sizes (a stream that changes size midway)."""
+    if any(frame.mode != "RGB" or frame.size != frames[0].size for frame in frames):
         return None
-    return np.stack(arrays)
+    return np.stack([np.asarray(frame) for frame in frames])
 
 
 @dataclass
@@ -151,7 +152,7 @@ class FrameCache:
     def _entry(self, plan: VideoPlan, max_pixels: int | None) -> tuple[str, str]:
         r"""(key, entry path): the key hashes the file's identity with the plan."""
         identity = json.dumps([os.path.abspath(plan.path), *file_identity(plan.path)])
-        key = sha256(f"{identity}\n{_plan_key(plan, max_pixels)}".encode()).hexdigest()
+        key = sha256(f"{identity}\n{_plan_digest(plan, max_pixels)}".encode()).hexdigest()
         return key, os.path.join(self.directory, key[:2], key + ENTRY_SUFFIX)
 
     def load(self, plan: VideoPlan, max_pixels: int | None) -> list["Image"] | None:
