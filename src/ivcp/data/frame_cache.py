@@ -140,7 +140,7 @@ class FrameCache:
     hits: int = 0
     decoded: int = 0
     stored: int = 0
-    refused: int = 0  # not stored: the cache is full of this run's entries
+    refused: int = 0  # not stored: the cache full of this run's entries, or the disk
     dropped: int = 0  # damaged entries removed
     _full: bool = False  # a scan found nothing to evict: refuse without scanning again
 
@@ -202,9 +202,11 @@ class FrameCache:
                 with open(tmp, "wb") as f:
                     f.write(blob)
                 os.replace(tmp, path)  # readers see the old entry, or none, or this whole one
-            except OSError as err:
+            except OSError as err:  # a full disk: stop trying (one warning, not one per video)
                 self._remove(tmp)
-                logger.warning(f"Frame cache {self.directory}: cannot write an entry ({err}); not cached.")
+                self._full = True
+                self.refused += 1
+                logger.warning(f"Frame cache {self.directory}: cannot write ({err}); later videos are not cached.")
                 return
             ledger["bytes"] += len(blob) - previous
             ledger["entries"] += previous == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ivcp.data import video_reader
+from ivcp.data import frame_cache, video_reader
 from ivcp.data.frame_cache import ENTRY_SUFFIX, FrameCache
 from ivcp.demo.motion_videos import write_motion_clip
 from tests.helpers import base_config, load_action_data
@@ -159,6 +159,23 @@ def test_the_size_bound_holds(clips, tmp_path):
     assert cache.stored == 2 and cache.refused == 1  # the earlier run's entries made room; then one refused, counted
     assert all(os.stat(entry).st_mtime >= cache.run_start for entry in entries)
     assert cache.read_plans(plans[:2], MAX_PIXELS + 1) == new[:2] and cache.hits == 2
+
+
+def test_a_full_disk_stops_caching_with_one_warning(clips, tmp_path, monkeypatch):
+    cache, warnings = FrameCache(str(tmp_path / "cache"), 10**9), []
+
+    def no_space(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    monkeypatch.setattr(frame_cache.logger, "warning", warnings.append)
+    plans = [_plan(path) for path in clips]
+    frames = cache.read_plans(plans, MAX_PIXELS)
+    assert all(_same(a, b) for a, b in zip(frames, video_reader.read_plans(plans, MAX_PIXELS)))
+    assert cache.stored == 0 and cache.refused == 3 and _entries(cache) == []
+    cause = "[Errno 28] No space left on device"
+    assert warnings == [f"Frame cache {cache.directory}: cannot write ({cause}); later videos are not cached."]
+    assert not [name for _, _, names in os.walk(cache.directory) for name in names if name.endswith(".tmp")]
 
 
 def _store_many(directory: str, bound: int, path: str, offset: int) -> None:

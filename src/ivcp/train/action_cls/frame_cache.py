@@ -53,7 +53,7 @@ class FrameCacheReport(TrainerCallback):
             "the dataloader workers keep their own counts"
             if self.in_workers
             else f"{cache.hits} videos read from it, {cache.decoded} decoded ({cache.stored} stored, "
-            f"{cache.refused} not stored: cache full, {cache.dropped} damaged entries removed)"
+            f"{cache.refused} not stored: cache or disk full, {cache.dropped} damaged entries removed)"
         )
         logger.info(
             f"Frame cache after epoch {round(state.epoch or 0)}: {counts}; it holds {size['entries']} entries, "
