@@ -19,19 +19,28 @@ from .video_reader import plan_video, read_plans
 if TYPE_CHECKING:
     from llamafactory.data.template import Template
 
+    from .frame_cache import FrameCache
+
 
 def _is_file(video: Any) -> bool:
     return isinstance(video, (str, os.PathLike))
 
 
 class VideoReaderMixin:
-    r"""Put before a LLaMA-Factory plugin class: its video files are read by IVCP's reader."""
+    r"""Put before a LLaMA-Factory plugin class: its video files are read by IVCP's reader.
+
+    ``frame_cache``, set on the training collator's plugin only, returns the frames of a file read before instead
+    of decoding it: the frames, not the tokens, are what it keeps, so token counting is untouched.
+    """
+
+    frame_cache: "FrameCache | None" = None
 
     def _regularize_videos(self, videos: list[Any], **kwargs) -> dict[str, list]:
         video_fps, video_maxlen = kwargs.get("video_fps", 2.0), kwargs.get("video_maxlen", 128)
         plans = {i: plan_video(video, video_fps, video_maxlen) for i, video in enumerate(videos) if _is_file(video)}
         max_pixels = kwargs.get("image_max_pixels")
-        read = dict(zip(plans, read_plans(list(plans.values()), max_pixels)))  # a video's clips: one decode
+        reader = read_plans if self.frame_cache is None else self.frame_cache.read_plans
+        read = dict(zip(plans, reader(list(plans.values()), max_pixels)))  # a video's clips: one decode
         inputs = [read[i] if i in plans else video for i, video in enumerate(videos)]
         output = super()._regularize_videos(inputs, **kwargs)
         for i, plan in plans.items():  # the plugin took the frames for pre-sampled images: give it the real timing

@@ -101,6 +101,27 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
         },
     )
 
+    action_frame_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the sampled frames of every video on disk, so that later epochs and runs decode none again "
+            "(invalidated when the file or a video setting changes)."
+        },
+    )
+    action_frame_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the frame cache. Default: `ivcp_frames` in `cache_dir`, else in HF datasets' cache."
+        },
+    )
+    action_frame_cache_max_gb: float = field(
+        default=20.0,
+        metadata={
+            "help": "Bound of the frame cache in GB: past it, the least recently used entries of earlier runs are "
+            "removed, and a run that fills it alone decodes the rest of its videos every epoch."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         ActionServingArguments.__post_init__(self)
@@ -125,6 +146,12 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
         if self.action_problem_type not in PROBLEM_TYPES:
             raise ValueError(
                 f"`action_problem_type` must be one of {PROBLEM_TYPES}, got {self.action_problem_type!r}."
+            )
+
+        if not self.action_frame_cache_max_gb > 0:
+            raise ValueError(
+                f"`action_frame_cache_max_gb` must be > 0, got {self.action_frame_cache_max_gb}: to turn the cache "
+                "off, set `action_frame_cache: false`."
             )
 
         if not 0.0 < self.action_threshold < 1.0:

@@ -17,6 +17,7 @@ from ...model.loader import find_head
 from ...model.loss import BALANCED, ActionLossConfig, format_class_weights, resolve_class_weights
 from ...model.multi_label import MULTI_LABEL, SINGLE_LABEL, balanced_pos_weight
 from .checkpoints import complete_resume_checkpoint
+from .frame_cache import FrameCacheReport, open_frame_cache
 from .metric import ComputeActionMetrics
 from .trainer import ActionClsTrainer
 
@@ -108,6 +109,8 @@ def run_action_cls(
         data_args,
         loss_config,
     )
+    frame_cache = open_frame_cache(finetuning_args, model_args)
+    template.mm_plugin.frame_cache = frame_cache  # the plugin is the stage's own copy (with_video_reader)
     data_collator = ActionDataCollator(
         template=template,
         model=model.backbone,
@@ -132,6 +135,9 @@ def run_action_cls(
         **dataset_module,
         **tokenizer_module,
     )
+
+    if frame_cache is not None:
+        trainer.add_callback(FrameCacheReport(frame_cache, training_args))
 
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
