@@ -1,5 +1,7 @@
 """Evaluation clips and training draws through the data path: rows per clip, windows back from Arrow, TSN draws."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -76,7 +78,7 @@ def test_evaluation_videos_become_one_row_per_clip(tiny_model, motion_data, tmp_
         bounds = [row[WINDOWS_FIELD][0] for row in rows]
         duration = plan_video(video["videos"][0], 8, 128).duration
         assert bounds[0][0] == 0 and bounds[-1][1] == pytest.approx(duration)
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # no gap, no overlap
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))  # no gap, no overlap
         for row, (start, end) in zip(rows, bounds):  # each clip counted with its window's frames
             plan = plan_video(VideoWindow(video["videos"][0], start, end), 8, 128)
             assert all(start <= t < end for t in plan.timestamps)
