@@ -12,6 +12,13 @@ A tiny Qwen2-VL is trained on the trimmed 4-class motion clips (:mod:`ivcp.demo.
   batches (``--batch`` below its window count) decodes again the frames that two batches' passes share.
 
     nice -n 10 python benchmarks/long_videos.py --work_dir /tmp/long --seeds 1 2 --epochs 30
+
+``--mode sampling`` trains on long clips instead (``long_train``, generator seed ``--long_train_seed``) with
+``action_train_sampling`` uniform and random_segment on the same budget (epochs, ``video_maxlen``), and reports the
+held-out long clips' ``eval_accuracy`` through the trainer's eval path with ``action_test_clips`` 1 (the training
+run's own evaluation) and each of ``--eval_clips`` (an evaluation-only run per ``--combines``):
+
+    nice -n 10 python benchmarks/long_videos.py --mode sampling --work_dir /tmp/long_sampling --seeds 1 2 3
 """
 
 import argparse
@@ -96,6 +103,57 @@ def evaluate(classifier, examples: list[dict], data_dir: str, args: argparse.Nam
     return report
 
 
+def evaluate_with_cli(config: dict, trained_dir: str, clips: int, combine: str) -> float:
+    r"""``llamafactory-cli train`` with do_eval only on the trained model: eval_accuracy at ``clips`` clips."""
+    output_dir = f"{trained_dir}_clips{clips}_{combine}"
+    eval_config = {
+        **config,
+        "model_name_or_path": trained_dir,
+        "output_dir": output_dir,
+        "do_train": False,
+        "action_test_clips": clips,
+        "action_clip_combine": combine,
+    }
+    return train_with_cli(eval_config, f"{output_dir}.yaml")
+
+
+def compare_sampling(model_dir: str, data_dir: str, args: argparse.Namespace, work_dir: str) -> None:
+    r"""Train on long clips with each training sampling; held-out accuracy at 1 clip and at ``args.eval_clips``."""
+    from ivcp.demo.long_videos import make_long_motion_dataset
+
+    for name, count, seed in (
+        ("long_train", args.long_train_per_class, args.long_train_seed),
+        ("long_test", args.long_per_class, args.long_seed),
+    ):
+        if not os.path.isfile(os.path.join(data_dir, f"{name}.json")):
+            make_long_motion_dataset(data_dir, count, seed=seed, name=name)
+
+    run_dir = os.path.join(work_dir, "sampling_runs")
+    os.makedirs(run_dir, exist_ok=True)
+    for seed in args.seeds:
+        for sampling in ("uniform", "random_segment"):
+            name = f"{sampling}_seed{seed}"
+            config = stage_config(model_dir, data_dir, os.path.join(run_dir, name), seed, args)
+            config.update(
+                dataset="long_train",
+                eval_dataset="long_test",
+                video_maxlen=args.video_maxlen,
+                action_train_sampling=sampling,
+                per_device_eval_batch_size=args.batch,
+            )
+            start = time.perf_counter()
+            report = {
+                "seed": seed,
+                "sampling": sampling,
+                "clips1": train_with_cli(config, f"{config['output_dir']}.yaml"),
+            }
+            report["train_s"] = round(time.perf_counter() - start, 1)
+            for clips in args.eval_clips:
+                for combine in args.combines:
+                    report[f"clips{clips}_{combine}"] = evaluate_with_cli(config, config["output_dir"], clips, combine)
+            print(json.dumps(report), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
@@ -114,6 +172,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup_ratio", type=float, default=0.1)
     parser.add_argument("--work_dir", help="keep model, data and runs here (default: a temporary folder)")
+    parser.add_argument("--mode", choices=["clips", "sampling"], default="clips")
+    parser.add_argument("--long_train_per_class", type=int, default=24, help="sampling mode: long training clips")
+    parser.add_argument("--long_train_seed", type=int, default=50, help="sampling mode: their generator seed")
+    parser.add_argument("--eval_clips", type=int, nargs="+", default=[4], help="sampling mode: action_test_clips")
+    parser.add_argument("--combines", nargs="+", default=["mean", "max"], help="sampling mode: action_clip_combine")
     args = parser.parse_args()
     args.stage_set, args.generator = [], "motion"  # learning_parity's recipe and its trimmed motion clips
 
@@ -123,6 +186,10 @@ def main() -> None:
     torch.set_num_threads(1)
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="long_videos_")
     model_dir, data_dir = build_assets(work_dir, args)
+    if args.mode == "sampling":
+        compare_sampling(model_dir, data_dir, args, work_dir)
+        return
+
     long_file = os.path.join(data_dir, "long_motion.json")
     if not os.path.isfile(long_file):
         make_long_motion_dataset(data_dir, args.long_per_class, seed=args.long_seed)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .constants import ACTION_STAGE, DEFAULT_PROMPT
 from .data import ActionDataCollator, ActionDatasetProcessor
+from .data.clips import video_clips
 from .data.context import ActionDataError, media_error
 from .data.video_reader import VideoWindow, plan_video
 from .data.videos import check_video
@@ -288,7 +289,11 @@ class ActionClassifier:
 
         Each is sampled with the whole frame budget (``video_fps``, ``video_maxlen``) by the reader's plan.
         """
-        return [VideoWindow(video, start, end) for start, end in clip_windows(self.duration(video), test_clips)]
+        clip_windows(1.0, test_clips)  # a bad count is the caller's error, not the file's
+        try:
+            return video_clips(video, *self.video_settings, test_clips)  # what a multi-clip evaluation row holds
+        except Exception as err:  # the reader names the file and says what to fix
+            raise media_error(err, None, video) from err
 
     def duration(self, video: str) -> float:
         r"""Seconds of ``video`` by the reader's plan; an ActionDataError naming the file if it cannot be read."""

@@ -34,7 +34,13 @@ REQUIRED_NAMES = {
         "load_tokenizer",
     ],
     "llamafactory.hparams.parser": ["_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS", "read_args", "FinetuningArguments"],
-    "llamafactory.data.loader": ["align_dataset", "_get_dataset_processor", "_get_merged_dataset", "get_dataset"],
+    "llamafactory.data.loader": [
+        "align_dataset",
+        "_get_dataset_processor",
+        "_get_preprocessed_dataset",
+        "_get_merged_dataset",
+        "get_dataset",
+    ],
     "llamafactory.data.converter": ["get_dataset_converter", "DatasetConverter"],
     "llamafactory.data.parser": ["DatasetAttr", "DatasetAttr.join"],
     "llamafactory.data.collator": ["MultiModalDataCollatorForSeq2Seq"],
@@ -207,11 +213,12 @@ def _get_dataset_processor_wrapper(original: Callable) -> Callable:
         if stage != ACTION_STAGE:
             return original(data_args, stage, template, tokenizer, processor, do_generate)
 
-        from .data.context import active_action_data
+        from .data.context import active_action_data, preprocessing_evaluation_data
         from .data.processor import ActionDatasetProcessor
 
         config = active_action_data()
         return ActionDatasetProcessor(
+            test_clips=config.test_clips if preprocessing_evaluation_data() else 1,
             template=template,
             tokenizer=tokenizer,
             processor=processor,
@@ -222,6 +229,23 @@ def _get_dataset_processor_wrapper(original: Callable) -> Callable:
         )
 
     return _get_dataset_processor
+
+
+def _get_preprocessed_dataset_wrapper(original: Callable) -> Callable:
+    r"""Tell the action processor which dataset it preprocesses: evaluation videos may become clips."""
+
+    def _get_preprocessed_dataset(
+        dataset, data_args, training_args, stage, template, tokenizer, processor=None, is_eval=False
+    ):
+        if stage != ACTION_STAGE or not is_eval:
+            return original(dataset, data_args, training_args, stage, template, tokenizer, processor, is_eval)
+
+        from .data.context import evaluation_data
+
+        with evaluation_data():
+            return original(dataset, data_args, training_args, stage, template, tokenizer, processor, is_eval)
+
+    return _get_preprocessed_dataset
 
 
 def _dataset_attr_join_wrapper(original: Callable) -> Callable:
@@ -261,6 +285,7 @@ def register_stage(force: bool = False) -> None:
         patch(model_loader, "init_adapter", _init_adapter_wrapper)
         patch(loader, "align_dataset", _align_dataset_wrapper)
         patch(loader, "_get_dataset_processor", _get_dataset_processor_wrapper)
+        patch(loader, "_get_preprocessed_dataset", _get_preprocessed_dataset_wrapper)
         patch(DatasetAttr, "join", _dataset_attr_join_wrapper)
         _install_aliases()
         _registered = True

@@ -12,14 +12,33 @@ class ActionDataConfig:
     label_column: str = "action_label"
     label_names: tuple[str, ...] | None = None
     multi_label: bool = False
+    test_clips: int = 1  # each evaluation video becomes this many rows, one per clip (``action_test_clips``)
 
 
 _ACTIVE_CONFIG: ContextVar[ActionDataConfig | None] = ContextVar("ivcp_action_data", default=None)
 
 
+_EVALUATION: ContextVar[bool] = ContextVar("ivcp_action_evaluation", default=False)
+
+
 def active_action_data() -> ActionDataConfig | None:
     r"""The config of the ``action_cls`` dataset being loaded, or None for every other stage."""
     return _ACTIVE_CONFIG.get()
+
+
+def preprocessing_evaluation_data() -> bool:
+    r"""Whether LLaMA-Factory is preprocessing the evaluation dataset (not the training one) right now."""
+    return _EVALUATION.get()
+
+
+@contextmanager
+def evaluation_data() -> Iterator[None]:
+    r"""Mark the preprocessing inside as the evaluation dataset's: its videos become clips (``test_clips``)."""
+    token = _EVALUATION.set(True)
+    try:
+        yield
+    finally:
+        _EVALUATION.reset(token)
 
 
 @contextmanager

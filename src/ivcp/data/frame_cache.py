@@ -214,12 +214,13 @@ class FrameCache:
 
     def read_plans(self, plans: list[VideoPlan], max_pixels: int | None) -> list[list["Image"]]:
         r""":func:`~ivcp.data.video_reader.read_plans`, decoding only the plans whose frames are not cached."""
-        frames = [self.load(plan, max_pixels) for plan in plans]
+        frames = [None if plan.draw is not None else self.load(plan, max_pixels) for plan in plans]
         missing = [i for i, cached in enumerate(frames) if cached is None]
         for i, decoded in zip(missing, read_plans([plans[i] for i in missing], max_pixels)):
             frames[i] = decoded
-            self.decoded += 1
-            self.store(plans[i], max_pixels, decoded)
+            if plans[i].draw is None:  # a random_segment draw is new every epoch: never kept
+                self.decoded += 1
+                self.store(plans[i], max_pixels, decoded)
         return frames
 
     # -- the bound -------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ def get_action_dataset(
         num_classes=finetuning_args.num_action_classes,
         label_names=tuple(label_names) if label_names else None,
         multi_label=finetuning_args.action_problem_type == MULTI_LABEL,
+        test_clips=finetuning_args.action_test_clips,
     )
     with loading_action_data(config):
         return get_dataset(

@@ -15,8 +15,10 @@ from llamafactory.data.processor.processor_utils import DatasetProcessor
 from ..constants import DEFAULT_PROMPT
 from ..model.action_decoder import ACTION_TOKEN
 from ..model.multi_label import multi_hot
+from .clips import CLIP_FIELD, WINDOWS_FIELD, video_clips, window_bounds
 from .context import ActionDataError, MediaSupportError, describe_example, media_error
 from .converter import INDEX_FIELD, LABEL_FIELD, SOURCE_FIELD
+from .video_reader import VideoReadError
 from .videos import check_video
 
 
@@ -119,6 +121,7 @@ class ActionDatasetProcessor(DatasetProcessor):
     multi_label: bool = False  # `action_label` is a list of classes; the model gets multi-hot targets
     decode_videos: bool = True  # inference leaves the one decode to the collator
     dataset_media: bool = True  # media errors name the example and `media_dir`; inference's files are the caller's
+    test_clips: int = 1  # evaluation: each example becomes this many rows, one per clip of its videos
 
     def _check_messages(self, messages: list[dict[str, str]], where: str) -> None:
         if len(messages) % 2 != 0 or len(messages) == 0:
@@ -152,6 +155,31 @@ class ActionDatasetProcessor(DatasetProcessor):
                 "`model_name_or_path`): use a video LLM such as Qwen2-VL, whose folder holds its preprocessor configs."
             )
 
+    def _video_settings(self) -> tuple[float, int]:
+        return getattr(self.processor, "video_fps", 2.0), getattr(self.processor, "video_maxlen", 128)  # the plugin's
+
+    def clip_examples(self, example: dict[str, Any], where: str) -> list[dict[str, Any]]:
+        r"""The example once per clip (``test_clips``): clip k holds the k-th clip of each of its videos."""
+        videos = example["_videos"] or []
+        if self.test_clips == 1 or not videos:
+            return [example]
+
+        media_dir = self.data_args.media_dir if self.dataset_media else None
+        per_video = []
+        for video in videos:
+            if not isinstance(video, str):
+                raise ActionDataError(
+                    f"{where} gives a video as frames, which cannot be cut into clips: give a file, or set "
+                    "`action_test_clips: 1`.",
+                    kind="video unreadable",
+                )
+            check_video(video, where, media_dir, *self._video_settings(), decode=False)  # a missing file's message
+            try:
+                per_video.append(video_clips(video, *self._video_settings(), self.test_clips))
+            except VideoReadError as err:
+                raise media_error(err, where, video) from err
+        return [{**example, "_videos": list(clip)} for clip in zip(*per_video)]
+
     def tokenize(self, example: dict[str, Any], where: str) -> list[int]:
         r"""Check the conversation and its media, encode it, and cut it right after the last ``<ACTION>``."""
         prompt, response = example["_prompt"], example["_response"]
@@ -160,8 +188,7 @@ class ActionDatasetProcessor(DatasetProcessor):
         if videos:
             self._check_video_support()
 
-        video_fps = getattr(self.processor, "video_fps", 2.0)  # the plugin's own defaults
-        video_maxlen = getattr(self.processor, "video_maxlen", 128)
+        video_fps, video_maxlen = self._video_settings()
         media_where, media_dir = (where, self.data_args.media_dir) if self.dataset_media else (None, None)
         for video in videos:
             check_video(video, media_where, media_dir, video_fps, video_maxlen, decode=self.decode_videos)
@@ -204,15 +231,21 @@ class ActionDatasetProcessor(DatasetProcessor):
         parse = parse_action_labels if self.multi_label else parse_action_label
         return parse(example[LABEL_FIELD], self.num_classes, where, self.label_names)
 
-    def encode(self, example: dict[str, Any]) -> tuple[list[int], int | list[int]]:
-        r"""The input ids (up to ``<ACTION>``) and the model's target: a class id, or (multi-label) a multi-hot list."""
+    def encode(self, example: dict[str, Any]) -> list[tuple[list[int], int | list[int], dict[str, Any]]]:
+        r"""Per row (one, or one per clip): the input ids up to ``<ACTION>``, the target, and the row's example.
+
+        The target is a class id, or (multi-label) a multi-hot list.
+        """
         where = describe_example(example[SOURCE_FIELD], example[INDEX_FIELD])
         label = self.parse_label(example, where)
         if self.multi_label:
             label = multi_hot(label, self.num_classes)
-        input_ids = self.tokenize(example, where)
-        self.check_length(input_ids, where)
-        return input_ids, label
+        rows = []
+        for clip in self.clip_examples(example, where):
+            input_ids = self.tokenize(clip, where)
+            self.check_length(input_ids, where)
+            rows.append((input_ids, label, clip))
+        return rows
 
     def _media_tokens(self) -> list[str]:
         plugin = self.template.mm_plugin
@@ -225,7 +258,7 @@ class ActionDatasetProcessor(DatasetProcessor):
         for i in range(len(examples["_prompt"])):
             example = {key: values[i] for key, values in examples.items()}
             try:
-                input_ids, label = self.encode(example)
+                rows = self.encode(example)
             except MediaSupportError:
                 raise
             except ActionDataError as err:
@@ -234,12 +267,16 @@ class ActionDatasetProcessor(DatasetProcessor):
                     labels_too_large.append(err.label)
                 continue
 
-            model_inputs["input_ids"].append(input_ids)
-            model_inputs["attention_mask"].append([1] * len(input_ids))
-            model_inputs["action_labels"].append(label)
-            model_inputs["images"].append(example["_images"])
-            model_inputs["videos"].append(example["_videos"])
-            model_inputs["audios"].append(example["_audios"])
+            for clip_number, (input_ids, label, row) in enumerate(rows):
+                model_inputs["input_ids"].append(input_ids)
+                model_inputs["attention_mask"].append([1] * len(input_ids))
+                model_inputs["action_labels"].append(label)
+                model_inputs["images"].append(row["_images"])
+                model_inputs["videos"].append(row["_videos"])
+                model_inputs["audios"].append(row["_audios"])
+                if self.test_clips > 1:  # Arrow keeps the path of a window only: its bounds go in a column
+                    model_inputs[CLIP_FIELD].append(clip_number)
+                    model_inputs[WINDOWS_FIELD].append(window_bounds(row["_videos"]) if row["_videos"] else [])
 
         if problems:
             shown = "\n  ".join(problems[:MAX_REPORTED_PROBLEMS])

@@ -84,6 +84,32 @@ class VideoWindow(str):
         return hash((str(self), self.start, self.end))
 
 
+class VideoDraw(str):
+    r"""The path of a video file whose samples are drawn at random, from ``seed``: training's temporal jitter.
+
+    :func:`plan_video` cuts the clip into as many equal segments as the usual rule samples frames and takes one
+    frame at a random offset in each (TSN's sampling), so the frame count, and so the token count, is the uniform
+    plan's. The same seed always draws the same frames; it compares and hashes with its seed.
+    """
+
+    def __new__(cls, path: str | os.PathLike, seed: int) -> "VideoDraw":  # noqa: PYI034
+        draw = super().__new__(cls, os.fspath(path))
+        draw.seed = int(seed)
+        return draw
+
+    def __reduce__(self):  # pickled into dataloader workers with its seed
+        return VideoDraw, (str(self), self.seed)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VideoDraw) and self.seed == other.seed and str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((str(self), self.seed))
+
+
 @dataclass(frozen=True)
 class VideoPlan:
     r"""Which frames of ``path`` the model sees, in presentation order, and how they are shown."""
@@ -100,6 +126,7 @@ class VideoPlan:
     sample_pts: tuple[int | None, ...]  # stream timestamps of the samples (None: the container has none)
     keyframe_pts: tuple[int, ...]  # sorted keyframe timestamps (empty: no seeking)
     window: tuple[float, float] | None = None  # (start, end) seconds the samples are taken from; None: the whole file
+    draw: int | None = None  # the seed of randomly drawn samples (training's random_segment); None: evenly spaced
 
     def summary(self) -> dict[str, Any]:
         r"""What ``ivcp show-frames --json`` prints."""
@@ -110,6 +137,8 @@ class VideoPlan:
         info["sampled_frames"] = list(self.sample_indices)
         info["timestamps"] = [round(t, 4) for t in self.timestamps]
         info["frame_size"] = list(self.frame_size)
+        if self.draw is None:
+            info.pop("draw")
         if self.window is None:
             info.pop("window")
         else:
@@ -122,6 +151,19 @@ def sample_indices(total_frames: int, duration: float, video_fps: float, video_m
     sample_frames = max(1, math.floor(duration * video_fps))
     sample_frames = min(total_frames, video_maxlen, sample_frames)
     return np.linspace(0, total_frames - 1, sample_frames).astype(np.int32).tolist()
+
+
+def segment_indices(total_frames: int, samples: int, seed: int) -> list[int]:
+    r"""One frame at a random offset in each of ``samples`` equal segments of ``total_frames`` (TSN's sampling).
+
+    ``samples`` is what :func:`sample_indices` takes (never more than ``total_frames``), so the indices are distinct
+    and in order, and their number is the uniform plan's.
+    """
+    bounds = np.linspace(0, total_frames, samples + 1)
+    starts = np.ceil(bounds[:-1]).astype(np.int64)
+    stops = np.maximum(np.ceil(bounds[1:]).astype(np.int64), starts + 1)  # each segment holds at least one frame
+    offsets = np.random.default_rng(seed).random(samples)
+    return (starts + np.floor(offsets * (stops - starts)).astype(np.int64)).tolist()
 
 
 def _cause(err: "av.FFmpegError") -> str:
@@ -273,11 +315,19 @@ def _window_frames(scan: _Stream, window: tuple[float, float] | None) -> tuple[i
 
 @lru_cache(maxsize=65536)
 def _plan(
-    path: str, stamp: tuple[int, int], video_fps: float, video_maxlen: int, window: tuple[float, float] | None
+    path: str,
+    stamp: tuple[int, int],
+    video_fps: float,
+    video_maxlen: int,
+    window: tuple[float, float] | None,
+    draw: int | None = None,
 ) -> VideoPlan:
     scan = _scan(path, stamp)
     first, count, seconds = _window_frames(scan, window)
-    indices = [first + i for i in sample_indices(count, seconds, video_fps, video_maxlen)]
+    indices = sample_indices(count, seconds, video_fps, video_maxlen)
+    if draw is not None:
+        indices = segment_indices(count, len(indices), draw)
+    indices = [first + i for i in indices]
     return VideoPlan(
         path=path,
         frames_in_file=scan.frames,
@@ -291,15 +341,18 @@ def _plan(
         sample_pts=tuple(scan.pts[i] for i in indices) if scan.pts else (None,) * len(indices),
         keyframe_pts=scan.keyframe_pts,
         window=window,
+        draw=draw,
     )
 
 
 def plan_video(path: str | os.PathLike, video_fps: float, video_maxlen: int) -> VideoPlan:
     r"""The frames of ``path`` the model sees at these settings; raises :class:`VideoReadError` naming the file.
 
-    A :class:`VideoWindow` is sampled inside its window only, with the same rule (and frame budget) as a whole file.
+    A :class:`VideoWindow` is sampled inside its window only, with the same rule (and frame budget) as a whole file;
+    a :class:`VideoDraw` at random offsets within that many segments (as many frames as the uniform plan).
     """
     window = (path.start, path.end) if isinstance(path, VideoWindow) else None
+    draw = path.seed if isinstance(path, VideoDraw) else None
     path = str(os.fspath(path))  # a plain path: the plan never carries the window's str subclass
     try:
         status = os.stat(path)
@@ -308,7 +361,7 @@ def plan_video(path: str | os.PathLike, video_fps: float, video_maxlen: int) -> 
             path, f"cannot be read ({err.strerror})", kind="video missing", fix="fix the path"
         ) from err
 
-    return _plan(path, (status.st_size, status.st_mtime_ns), float(video_fps), int(video_maxlen), window)
+    return _plan(path, (status.st_size, status.st_mtime_ns), float(video_fps), int(video_maxlen), window, draw)
 
 
 def _upright(frame: "av.VideoFrame", rotation: int, max_pixels: int | None) -> "Image":
@@ -443,6 +496,7 @@ def _union(plans: list[VideoPlan]) -> VideoPlan:
         timestamps=tuple(samples[i][0] for i in order),
         sample_pts=tuple(samples[i][1] for i in order),
         window=None,
+        draw=None,
     )
 
 

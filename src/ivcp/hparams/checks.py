@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from accelerate.utils import parse_flag_from_env
 
+from ..data.clips import RANDOM_SEGMENT
 from ..model.loss import BALANCED
 from ..model.multi_label import MULTI_LABEL
 
@@ -53,6 +54,40 @@ def check_action_cls_args(
         raise ValueError(
             "`action_problem_type: multi_label` trains with binary cross-entropy: `action_loss: focal` and "
             "`label_smoothing_factor` apply to single-label runs only; remove them."
+        )
+
+    _check_sampling_args(data_args, finetuning_args, training_args)
+
+
+def _check_sampling_args(
+    data_args: "DataArguments",
+    finetuning_args: "ActionFinetuningArguments",
+    training_args: "Seq2SeqTrainingArguments | None",
+) -> None:
+    r"""Multi-clip evaluation needs a separate, indexable evaluation set; training draws need fresh workers."""
+    if finetuning_args.action_test_clips > 1:
+        if data_args.val_size:
+            raise ValueError(
+                "`action_test_clips` cuts the videos of `eval_dataset` into clips, but `val_size` splits the "
+                "already-preprocessed training rows: give the evaluation videos as `eval_dataset` instead."
+            )
+        if data_args.streaming:
+            raise ValueError("`action_test_clips` > 1 needs the evaluation set in memory: remove `streaming: true`.")
+        if training_args is not None and training_args.batch_eval_metrics:
+            raise ValueError(
+                "`action_test_clips` > 1 combines a video's clips over the whole evaluation: remove "
+                "`batch_eval_metrics`."
+            )
+
+    if (
+        finetuning_args.action_train_sampling == RANDOM_SEGMENT
+        and training_args is not None
+        and training_args.dataloader_persistent_workers
+        and training_args.dataloader_num_workers > 0
+    ):
+        raise ValueError(
+            "`action_train_sampling: random_segment` draws new frames each epoch in the collator, which persistent "
+            "dataloader workers would keep at their first epoch: remove `dataloader_persistent_workers`."
         )
 
 

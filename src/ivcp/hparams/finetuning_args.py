@@ -100,6 +100,29 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
             "last, -1 = the last). The layers after it are dropped from the model and never run."
         },
     )
+    action_test_clips: int = field(
+        default=1,
+        metadata={
+            "help": "Evaluate / predict each video as this many contiguous clips of equal length, each with the whole "
+            "frame budget (video_fps, video_maxlen), their logits combined per video (`action_clip_combine`) before "
+            "the metrics and predictions.jsonl. N clips cost N forward passes per video. 1: the whole video at once."
+        },
+    )
+    action_clip_combine: str = field(
+        default="mean",
+        metadata={
+            "help": "How the clips of `action_test_clips` make a video's answer: `mean` of their probabilities, mean "
+            "of their `logits`, or each class's `max` probability (a short action seen in one clip)."
+        },
+    )
+    action_train_sampling: str = field(
+        default="uniform",
+        metadata={
+            "help": "Which frames training sees: `uniform` (evenly spaced, every epoch the same) or `random_segment` "
+            "(TSN: the clip cut into as many segments as frames, one frame at a random place in each, drawn again "
+            "every epoch from the seed). Evaluation and prediction always sample uniformly."
+        },
+    )
 
     action_frame_cache: bool = field(
         default=True,
@@ -157,6 +180,27 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
         if not 0.0 < self.action_threshold < 1.0:
             raise ValueError(f"`action_threshold` must be a probability in (0, 1), got {self.action_threshold}.")
         self._check_objective_args()
+        self._check_sampling_args()
+
+    def _check_sampling_args(self) -> None:
+        from ..data.clips import TRAIN_SAMPLINGS
+        from ..model.decoding import CLIP_COMBINATIONS
+        from ..model.timeline import clip_windows
+
+        try:
+            clip_windows(1.0, self.action_test_clips)
+        except ValueError as err:
+            raise ValueError(f"`action_test_clips`: {err}") from err
+
+        if self.action_clip_combine not in CLIP_COMBINATIONS:
+            raise ValueError(
+                f"`action_clip_combine` must be one of {CLIP_COMBINATIONS}, got {self.action_clip_combine!r}."
+            )
+
+        if self.action_train_sampling not in TRAIN_SAMPLINGS:
+            raise ValueError(
+                f"`action_train_sampling` must be one of {TRAIN_SAMPLINGS}, got {self.action_train_sampling!r}."
+            )
 
     def _check_objective_args(self) -> None:
         from ..model.loss import (

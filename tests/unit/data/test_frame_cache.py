@@ -73,6 +73,14 @@ def test_second_epoch_decodes_nothing_and_gives_the_same_frames(clips, tmp_path,
     assert all(_same(a, b) for a, b in zip(expected, first)) and all(_same(a, b) for a, b in zip(expected, second))
 
 
+def test_random_draws_are_never_cached(clips, tmp_path, decodes):
+    cache = FrameCache(str(tmp_path / "cache"), 10**9)
+    plans = [_plan(video_reader.VideoDraw(clips[0], seed)) for seed in (1, 1, 2)]
+    frames = [cache.read_plans([plan], MAX_PIXELS)[0] for plan in plans]
+    assert len(decodes) == 3 and _entries(cache) == [] and cache.hits == cache.stored == 0
+    assert _same(frames[0], frames[1]) and _same(frames[0], video_reader.read_plans(plans[:1], MAX_PIXELS)[0])
+
+
 def test_a_changed_file_misses(clips, tmp_path, decodes):
     cache = FrameCache(str(tmp_path / "cache"), 10**9)
     path = clips[0]

@@ -1,7 +1,9 @@
 """HF Trainer for the backbone + head wrapper: saving, resuming and the ``<ACTION>`` learning-rate group."""
 
 import json
+import math
 import os
+from dataclasses import replace
 from types import MethodType
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -9,21 +11,24 @@ import numpy as np
 import torch
 from llamafactory.train.callbacks import SaveProcessorCallback
 from llamafactory.train.trainer_utils import create_custom_optimizer, create_custom_scheduler
-from transformers import Trainer
+from transformers import EvalPrediction, Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import remove_dummy_checkpoint
+from transformers.trainer_utils import EvalLoopOutput, denumpify_detensorize
 from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
 from typing_extensions import override
 
+from ...data.clips import CLIP_FIELD, RANDOM_SEGMENT, clip_groups
 from ...log import get_logger
 from ...model.action_decoder import HEAD_WEIGHTS_NAME
-from ...model.decoding import decode, finite_rows, probabilities
+from ...model.decoding import combine_clips, decode, finite_rows, probabilities
 from ...model.multi_label import MULTI_LABEL
 from .metric import TOP_K, save_average_precision, save_confusion_matrix
 
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from torch.utils.data import DataLoader
     from transformers import ProcessorMixin
     from transformers.trainer_utils import PredictionOutput
 
@@ -52,6 +57,27 @@ def check_fsdp_plugin(fsdp_plugin: Any) -> None:
             f"uses {fsdp_plugin.state_dict_type}: set `fsdp_state_dict_type: FULL_STATE_DICT` in the accelerate "
             "config (see examples/accelerate/fsdp_config.yaml)."
         )
+
+
+class DrawEpochCallback(TrainerCallback):
+    r"""Give the training collator the epoch that starts, from which it draws the epoch's frames (random_segment).
+
+    It runs before the epoch's dataloader iterator (and its workers) is made; a resumed run restarts the epoch's
+    draw where the checkpoint was taken (``state.epoch`` 2.5 -> epoch 2).
+    """
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = math.floor(state.epoch or 0)
+
+
+def _clip_numbers(dataset: Any) -> list[int] | None:
+    r"""The rows' clip numbers of a multi-clip evaluation dataset (``action_test_clips`` > 1), else None."""
+    if dataset is None or CLIP_FIELD not in (getattr(dataset, "column_names", None) or ()):
+        return None
+    return list(dataset[CLIP_FIELD])
 
 
 class ActionClsTrainer(Trainer):
@@ -83,6 +109,12 @@ class ActionClsTrainer(Trainer):
                 "inside their engines, with the <ACTION> row in the global norm."
             )
         self._router_losses: list[torch.Tensor] = []  # MoE router aux losses since the last log
+        self._train_collator = None  # random_segment: training draws its frames, evaluation stays uniform
+        if finetuning_args.action_train_sampling == RANDOM_SEGMENT:
+            self._train_collator = replace(
+                self.data_collator, train_sampling=RANDOM_SEGMENT, sampling_seed=self.args.seed
+            )
+            self.add_callback(DrawEpochCallback(self._train_collator))
 
     def _check_deepspeed_optimizer(self) -> None:
         r"""A DeepSpeed config with its own optimizer never calls create_optimizer: the lr groups would vanish."""
@@ -182,6 +214,75 @@ class ActionClsTrainer(Trainer):
         return super()._get_train_sampler(*args, **kwargs)
 
     @override
+    def get_train_dataloader(self) -> "DataLoader":
+        if self._train_collator is None:
+            return super().get_train_dataloader()
+
+        collator, self.data_collator = self.data_collator, self._train_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collator
+
+    @override
+    def evaluation_loop(
+        self,
+        dataloader: "DataLoader",
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        r"""With ``action_test_clips`` > 1: the clips' logits combined per video, then the metrics, one row a video.
+
+        ``eval_loss`` stays the mean over the clips (each clip with its video's label).
+        """
+        clip_numbers = _clip_numbers(getattr(dataloader, "dataset", None))
+        if clip_numbers is None:
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+
+        compute_metrics, self.compute_metrics = self.compute_metrics, None
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        finally:
+            self.compute_metrics = compute_metrics
+
+        groups = clip_groups(clip_numbers)
+        if output.predictions is None:
+            return output._replace(num_samples=len(groups))
+
+        if len(output.predictions) != len(clip_numbers):
+            raise RuntimeError(
+                f"the evaluation gathered {len(output.predictions)} rows of logits for {len(clip_numbers)} clips."
+            )
+        starts = np.cumsum([0, *groups[:-1]])
+        model = self.accelerator.unwrap_model(self.model)
+        logits = torch.as_tensor(output.predictions)
+        combined = torch.stack(
+            [
+                combine_clips(
+                    logits[start : start + size], model.problem_type, self.finetuning_args.action_clip_combine
+                )
+                for start, size in zip(starts.tolist(), groups)
+            ]
+        ).numpy()
+        labels = output.label_ids[starts] if output.label_ids is not None else None
+        metrics = dict(output.metrics)
+        if compute_metrics is not None and labels is not None:
+            video_metrics = denumpify_detensorize(
+                compute_metrics(EvalPrediction(predictions=combined, label_ids=labels))
+            )
+            prefix = f"{metric_key_prefix}_"
+            metrics.update(
+                {key if key.startswith(prefix) else prefix + key: value for key, value in video_metrics.items()}
+            )
+        return EvalLoopOutput(predictions=combined, label_ids=labels, metrics=metrics, num_samples=len(groups))
+
+    @override
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         r"""Under DeepSpeed: the fp32 head and row always, the adapter without the frozen base, no empty model file.
 
@@ -278,6 +379,9 @@ class ActionClsTrainer(Trainer):
             num_classes = model.action_decoder.num_classes
             save_confusion_matrix(self.args.output_dir, labels[finite], predictions, num_classes, model.label_names)
 
+        clip_numbers = _clip_numbers(dataset)
+        if clip_numbers is not None:  # one line per video: its first clip's row names it
+            dataset = dataset.select([i for i, number in enumerate(clip_numbers) if number == 0])
         path = os.path.join(self.args.output_dir, "predictions.jsonl")
         logger.info_rank0(f"Saving prediction results to {path}")
         with open(path, "w", encoding="utf-8") as f:

@@ -85,6 +85,20 @@ def action_loss_config(
     )
 
 
+def keep_clips_together(training_args: "Seq2SeqTrainingArguments", test_clips: int) -> None:
+    r"""An evaluation batch of whole videos' clips (decoded in one pass each): a multiple of ``test_clips`` rows.
+
+    A batch smaller than ``test_clips`` is left as it is (the clips of a video then span batches).
+    """
+    batch_size = training_args.per_device_eval_batch_size
+    if test_clips > 1 and batch_size > test_clips and batch_size % test_clips:
+        training_args.per_device_eval_batch_size = batch_size // test_clips * test_clips
+        logger.info_rank0(
+            f"per_device_eval_batch_size {batch_size} -> {training_args.per_device_eval_batch_size}: whole videos of "
+            f"{test_clips} clips per batch."
+        )
+
+
 def run_action_cls(
     model_args: "ModelArguments",
     data_args: "DataArguments",
@@ -117,6 +131,7 @@ def run_action_cls(
         pad_to_multiple_of=8 if training_args.do_train else None,
         **tokenizer_module,
     )
+    keep_clips_together(training_args, finetuning_args.action_test_clips)
     training_args.label_names = LABEL_NAMES  # LLaMA-Factory forces ["labels"] for LoRA
     if training_args.ddp_find_unused_parameters is None:  # what HF Trainer decides for a bare PreTrainedModel
         training_args.ddp_find_unused_parameters = not model.is_gradient_checkpointing
