@@ -3,7 +3,8 @@
 ms-swift's Qwen2-VL template finds the video placeholder by the released Qwen2-VL token ids (151655/151656); the
 benchmark's model has its own small tokenizer, so the ids are set to the tokenizer's (``IVCP_BENCH_MEDIA_IDS``:
 "image_id,video_id"); without this, no ``<|video_pad|>`` would be expanded and the model would see no video.
-With ``IVCP_BENCH_PROFILE`` (a JSON path) it also adds benchmarks/step_profile.py's callback and data-path timers.
+It adds benchmarks/step_profile.py's CPU clock (``IVCP_BENCH_CLOCK``, a JSON path) and, with
+``IVCP_BENCH_PROFILE``, also benchmarks/step_profile.py's callback and data-path timers.
 """
 
 import os
@@ -16,22 +17,28 @@ image_id, video_id = (int(value) for value in os.environ["IVCP_BENCH_MEDIA_IDS"]
 Qwen2VLTemplate.image_token_id = image_id
 Qwen2VLTemplate.video_token_id = video_id
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_profile import CpuClock, StepProfile, wrap_timed  # noqa: E402
+from transformers.trainer_callback import CallbackHandler  # noqa: E402
+
+
+callbacks = [CpuClock(os.environ["IVCP_BENCH_CLOCK"])]
 if os.environ.get("IVCP_BENCH_PROFILE"):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import qwen_vl_utils
-    from step_profile import StepProfile, wrap_timed
     from swift.template.base import Template
     from transformers import Qwen2VLVideoProcessor
-    from transformers.trainer_callback import CallbackHandler
 
     wrap_timed(qwen_vl_utils, "fetch_video", "decode")
     wrap_timed(Qwen2VLVideoProcessor, "__call__", "processor")
     wrap_timed(Template, "encode", "encode (decode + processor + tokens)")
     wrap_timed(Template, "data_collator", "collate")
-    profile = StepProfile(os.environ["IVCP_BENCH_PROFILE"])
-    handler_init = CallbackHandler.__init__
+    callbacks.append(StepProfile(os.environ["IVCP_BENCH_PROFILE"]))
 
-    def init_with_profile(self, callbacks, *args, **kwargs) -> None:  # every Trainer builds one handler
-        handler_init(self, [*callbacks, profile], *args, **kwargs)
+handler_init = CallbackHandler.__init__
 
-    CallbackHandler.__init__ = init_with_profile
+
+def init_with_callbacks(self, trainer_callbacks, *args, **kwargs) -> None:  # every Trainer builds one handler
+    handler_init(self, [*trainer_callbacks, *callbacks], *args, **kwargs)
+
+
+CallbackHandler.__init__ = init_with_callbacks

@@ -10,6 +10,10 @@ splits each optimizer step into:
 - backward: the rest until ``on_pre_optimizer_step`` (autograd, gradient clipping), recompute excluded;
 - optimizer: ``optimizer.step()``; other: zero_grad, the scheduler, callbacks.
 
+Times are CPU seconds of the main thread (``time.thread_time``), not wall time: on a machine shared with other
+jobs they measure the work, not the waiting. Run with one torch thread (and the data path in the main process) so
+that the main thread does all of it.
+
 :func:`wrap_timed` adds named timers around functions of the data path (decode, processor, collate), and
 :func:`memory_holdings` sums parameter, gradient and optimizer-state bytes by part of the model.
 """
@@ -26,6 +30,7 @@ import torch
 from transformers import TrainerCallback
 
 
+clock = time.thread_time
 TIMERS: dict[str, float] = defaultdict(float)  # name -> seconds, summed over the run (inclusive of nested timers)
 PARTS = (  # parameter name fragment -> part; the first that matches wins
     ("lm_head", "lm_head (vocabulary head)"),
@@ -45,11 +50,11 @@ def wrap_timed(owner: Any, attribute: str, name: str) -> None:
 
     @functools.wraps(function)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start = clock()
         try:
             return function(*args, **kwargs)
         finally:
-            TIMERS[name] += time.perf_counter() - start
+            TIMERS[name] += clock() - start
 
     timed._timed = True  # type: ignore[attr-defined]
     setattr(owner, attribute, timed)
@@ -107,18 +112,18 @@ class StepProfile(TrainerCallback):
         from transformers.modeling_layers import GradientCheckpointingLayer
 
         def forward_pre(module: torch.nn.Module, args: Any) -> None:
-            self.phase, self.forward_start = "forward", time.perf_counter()
+            self.phase, self.forward_start = "forward", clock()
 
         def forward_post(module: torch.nn.Module, args: Any, output: Any) -> None:
-            self.forward_seconds += time.perf_counter() - self.forward_start
+            self.forward_seconds += clock() - self.forward_start
             self.phase = "backward"
 
         def layer_pre(module: torch.nn.Module, args: Any) -> None:
-            self.layer_starts[id(module)] = time.perf_counter()
+            self.layer_starts[id(module)] = clock()
 
         def layer_post(module: torch.nn.Module, args: Any, output: Any) -> None:
-            self.layer_seconds[self.phase] += time.perf_counter() - self.layer_starts.pop(
-                id(module), time.perf_counter()
+            self.layer_seconds[self.phase] += clock() - self.layer_starts.pop(
+                id(module), clock()
             )
 
         model.register_forward_pre_hook(forward_pre)
@@ -133,16 +138,16 @@ class StepProfile(TrainerCallback):
         self._hook(model)
         self.info["rss_at_train_begin_mib"] = psutil.Process().memory_info().rss / 2**20
         self.info["torch_threads"] = torch.get_num_threads()
-        self.mark = time.perf_counter()
+        self.mark = clock()
 
     def on_step_begin(self, args, state, control, **kwargs) -> None:
-        now = time.perf_counter()
+        now = clock()
         self.step = {"data": now - self.mark}
         self.mark, self.forward_seconds = now, 0.0
         self.layer_seconds.clear()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
-        now = time.perf_counter()
+        now = clock()
         recompute = self.layer_seconds.get("backward", 0.0)
         self.step.update(
             forward=self.forward_seconds,
@@ -152,12 +157,12 @@ class StepProfile(TrainerCallback):
         self.mark, self.phase = now, "optimizer"
 
     def on_optimizer_step(self, args, state, control, **kwargs) -> None:
-        now = time.perf_counter()
+        now = clock()
         self.step["optimizer"] = now - self.mark
         self.mark = now
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs) -> None:
-        now = time.perf_counter()
+        now = clock()
         self.step["other"] = now - self.mark
         for name, seconds in TIMERS.items():
             self.step[f"data: {name}"] = seconds - self.timers_at_step.get(name, 0.0)
@@ -176,3 +181,32 @@ class StepProfile(TrainerCallback):
         mean = {key: sum(step.get(key, 0.0) for step in timed) / len(timed) for key in keys}
         with open(self.path, "w", encoding="utf-8") as f:
             json.dump({"mean_step_seconds": mean, "steps": len(self.steps), **self.info}, f, indent=1)
+
+
+def tree_cpu_seconds() -> float:
+    r"""User + system CPU seconds of this process and its live descendants (e.g. dataloader workers)."""
+    processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+class CpuClock(TrainerCallback):
+    r"""Wall and CPU seconds of the training loop (process tree): on a shared machine, CPU time is the fairer cost."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.start = (0.0, 0.0)
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        self.start = (time.perf_counter(), tree_cpu_seconds())
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        wall, cpu = time.perf_counter() - self.start[0], tree_cpu_seconds() - self.start[1]
+        with open(self.path, "w", encoding="utf-8") as f:
+            json.dump({"wall_seconds": wall, "cpu_seconds": cpu, "steps": state.global_step}, f)

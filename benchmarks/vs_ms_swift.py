@@ -51,6 +51,7 @@ VIDEO_ENV = {  # ms-swift's (qwen-vl-utils') video settings, the same as IVCP's 
     "FORCE_QWENVL_VIDEO_READER": "decord",
 }
 FRAMEWORKS = ("ivcp", "ms-swift")
+BASELINE = "ivcp-baseline"  # IVCP from --baseline_src (e.g. main's src: before a change), interleaved too
 
 
 def write_setup(work_dir: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -230,10 +231,10 @@ class TreeMemory:
         return self.peak
 
 
-def run_timed(command: list[str], env: dict[str, str], log_path: str) -> dict[str, int]:
-    r"""Run ``command`` (under ``flock /tmp/cpu.lock``: one timed run on the machine at a time); its memory peaks."""
+def run_timed(command: list[str], env: dict[str, str], log_path: str, lock: str) -> dict[str, int]:
+    r"""Run ``command`` (under ``flock LOCK``, if given: one timed run on the machine at a time); its memory peaks."""
     with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(["flock", "/tmp/cpu.lock", *command], env=env, stdout=log, stderr=log)
+        process = subprocess.Popen([*(["flock", lock] if lock else []), *command], env=env, stdout=log, stderr=log)
         memory = TreeMemory(process.pid)
         code = process.wait()
     peak = memory.stop()
@@ -246,7 +247,9 @@ def run_timed(command: list[str], env: dict[str, str], log_path: str) -> dict[st
 
 def run_ivcp_child(spec: dict[str, Any]) -> None:
     r"""IVCP's training in this process (the benchmark's child), with the profile callback when asked."""
-    callbacks = []
+    from step_profile import CpuClock
+
+    callbacks = [CpuClock(spec["clock"])]
     if spec["profile"]:
         from step_profile import StepProfile, wrap_timed
         from transformers import Qwen2VLVideoProcessor
@@ -265,25 +268,29 @@ def run_ivcp_child(spec: dict[str, Any]) -> None:
 
 
 def run_one(framework: str, repeat: int, setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    run_dir = os.path.join(setup["work_dir"], "runs", f"{args.tuning}_e{args.epochs}", f"{framework}_r{repeat}")
+    run_dir = os.path.join(
+        setup["work_dir"], "runs", f"{args.tuning}_e{args.epochs}{args.label}", f"{framework}_r{repeat}"
+    )
     os.makedirs(run_dir, exist_ok=True)
     out_dir = os.path.join(run_dir, "output")
     profile = os.path.join(run_dir, "profile.json") if args.profile else None
+    clock = os.path.join(run_dir, "clock.json")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env["OMP_NUM_THREADS"] = str(args.threads)  # the same torch threads in both
-    if framework == "ivcp":
-        spec = {"config": ivcp_config(setup, out_dir, args), "profile": profile}
+    if framework.startswith("ivcp"):
+        spec = {"config": ivcp_config(setup, out_dir, args), "profile": profile, "clock": clock}
         command = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, env.get("PYTHONPATH")]))
+        source = args.baseline_src if framework == BASELINE else env.get("PYTHONPATH")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, source]))
     else:
         command = swift_command(setup, out_dir, args)
-        env.update(VIDEO_ENV, IVCP_BENCH_MEDIA_IDS=",".join(map(str, setup["media_ids"])))
+        env.update(VIDEO_ENV, IVCP_BENCH_MEDIA_IDS=",".join(map(str, setup["media_ids"])), IVCP_BENCH_CLOCK=clock)
         env.pop("PYTHONPATH", None)  # IVCP's source must not shadow ms-swift's venv
         if profile:
             env["IVCP_BENCH_PROFILE"] = profile
 
     start = time.perf_counter()
-    peak = run_timed(command, env, os.path.join(run_dir, "train.log"))
+    peak = run_timed(command, env, os.path.join(run_dir, "train.log"), args.lock)
     result = {
         "peak_rss": peak["rss"],
         "peak_pss": peak["pss"],
@@ -291,6 +298,9 @@ def run_one(framework: str, repeat: int, setup: dict[str, Any], args: argparse.N
         "wall": time.perf_counter() - start,
         "samples_per_second": read_speed(framework, out_dir),
     }
+    with open(clock, encoding="utf-8") as f:
+        cpu_seconds = json.load(f)["cpu_seconds"]
+    result["samples_per_cpu_second"] = args.num_train * args.epochs / cpu_seconds
     if profile:
         with open(profile, encoding="utf-8") as f:
             result["profile"] = json.load(f)
@@ -299,7 +309,7 @@ def run_one(framework: str, repeat: int, setup: dict[str, Any], args: argparse.N
 
 def read_speed(framework: str, out_dir: str) -> float:
     r"""``train_samples_per_second`` as each framework writes it: train_results.json / the last line of logging.jsonl."""
-    if framework == "ivcp":
+    if framework.startswith("ivcp"):
         with open(os.path.join(out_dir, "train_results.json"), encoding="utf-8") as f:
             return float(json.load(f)["train_samples_per_second"])
 
@@ -318,6 +328,7 @@ def print_results(results: dict[str, list[dict[str, Any]]], args: argparse.Names
 
     columns = (  # key, title, scale, digits
         ("samples_per_second", "train samples/s", 1, 2),
+        ("samples_per_cpu_second", "samples per CPU-second", 1, 2),
         ("peak_hwm", "peak RSS of the trainer MiB", 2**20, 0),
         ("peak_pss", "peak PSS of the tree MiB", 2**20, 0),
         ("peak_rss", "peak RSS sum of the tree MiB", 2**20, 0),
@@ -328,9 +339,10 @@ def print_results(results: dict[str, list[dict[str, Any]]], args: argparse.Names
     for framework in results:
         cells = [spread(framework, key, scale, digits) for key, _, scale, digits in columns]
         print(f"| {framework} | " + " | ".join(cells) + " |")
-    if len(results) == 2:
-        ratios = [median("ivcp", key) / median("ms-swift", key) for key, _, _, _ in columns]
-        print("| IVCP / ms-swift | " + " | ".join(f"{ratio:.2f}x" for ratio in ratios) + " |")
+    for ivcp in ("ivcp", BASELINE):
+        if ivcp in results and "ms-swift" in results:
+            ratios = [median(ivcp, key) / median("ms-swift", key) for key, _, _, _ in columns]
+            print(f"| {ivcp} / ms-swift | " + " | ".join(f"{ratio:.2f}x" for ratio in ratios) + " |")
     if args.profile:
         for framework, runs in results.items():
             print(f"\n== profile of {framework} (mean seconds per step, first step left out; repeat 1)")
@@ -350,7 +362,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num_train", type=int, default=64)
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated subset of ivcp,ms-swift")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (1: robust on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of each run (1: robust on a busy machine)"
+    )
+    parser.add_argument("--baseline_src", help="also run IVCP from this src folder (e.g. main's), interleaved")
+    parser.add_argument("--label", default="", help="suffix of the run folders")
+    parser.add_argument("--lock", default="/tmp/cpu.lock", help="flock file around each run ('': none)")
     parser.add_argument("--profile", action="store_true", help="per-step time split and memory holdings")
     parser.add_argument("--set", action="append", default=[], help="extra IVCP (LLaMA-Factory) argument KEY=VALUE")
     parser.add_argument(
@@ -369,7 +386,7 @@ def main() -> None:
     if args.child:
         return run_ivcp_child(json.loads(args.child))
 
-    frameworks = [name for name in args.frameworks.split(",") if name]
+    frameworks = [name for name in args.frameworks.split(",") if name] + ([BASELINE] if args.baseline_src else [])
     if "ms-swift" in frameworks and not os.path.isfile(os.path.join(args.swift_venv, "bin", "swift")):
         raise SystemExit(f"No ms-swift in {args.swift_venv}: run scripts/ms_swift_venv.sh first.")
 
@@ -388,7 +405,8 @@ def main() -> None:
                 run = run_one(framework, repeat, setup, args)
                 results[framework].append(run)
                 print(
-                    f"repeat {repeat + 1}/{args.repeats} {framework}: {run['samples_per_second']:.2f} samples/s, "
+                    f"repeat {repeat + 1}/{args.repeats} {framework}: {run['samples_per_second']:.2f} samples/s "
+                    f"({run['samples_per_cpu_second']:.2f} per CPU-second), "
                     f"peak RSS {run['peak_hwm'] / 2**20:.0f} MiB, tree PSS {run['peak_pss'] / 2**20:.0f} MiB ({run['wall']:.0f} s; load average "
                     f"{os.getloadavg()[0]:.1f})",
                     flush=True,
