@@ -18,7 +18,6 @@ from .action_model import ActionClassificationModel
 from .backbone import check_poolable, router_aux_loss_coef
 from .bnb_notice import quiet_optional_cpu_kernel_notice
 from .head_config import check_head_config, load_head_config, run_options, saved_arguments
-from .lm_head import map_unused_lm_head
 from .loss import ActionLoss, ActionLossConfig
 from .video_processor import action_processor
 
@@ -152,9 +151,6 @@ def load_action_model(
     check_poolable(backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone)
     resize_embedding_layer(backbone, tokenizer)  # no-op when the table has spare rows (Qwen2-VL has ~280)
     _freeze_untied_lm_head(backbone)
-    map_unused_lm_head(
-        backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone, model_args.model_name_or_path
-    )
 
     head_directory, head_config = find_head(model_args, finetuning_args)
     if head_directory is None and not is_trainable:
