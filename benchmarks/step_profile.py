@@ -122,9 +122,7 @@ class StepProfile(TrainerCallback):
             self.layer_starts[id(module)] = clock()
 
         def layer_post(module: torch.nn.Module, args: Any, output: Any) -> None:
-            self.layer_seconds[self.phase] += clock() - self.layer_starts.pop(
-                id(module), clock()
-            )
+            self.layer_seconds[self.phase] += clock() - self.layer_starts.pop(id(module), clock())
 
         model.register_forward_pre_hook(forward_pre)
         model.register_forward_hook(forward_post)
