@@ -9,8 +9,12 @@ lr 1e-4, gradient checkpointing on, 8 frames at 56x56 (fps 4, at most 8 frames, 
 
 Samples/s is each trainer's own ``train_samples_per_second`` (the training loop; saving the model afterwards is
 outside it in both: ms-swift runs with ``--save_strategy no``, which would otherwise save model and optimizer
-inside the loop). Peak memory is the highest sum of RSS over the whole process tree (the trainer and its
-dataloader workers; ms-swift uses one worker by default, IVCP none), polled every 50 ms.
+inside the loop). Samples per CPU-second divides the samples by the user + system CPU seconds of the trainer's
+process tree during training: on a shared machine wall time measures the queue, CPU time the work. Memory, polled
+every 100 ms: the largest ``VmHWM`` in the tree (the trainer), and the tree's peak PSS and RSS sum (ms-swift adds
+one dataloader worker by default, IVCP none). ms-swift's template finds videos by the released Qwen2-VL token ids:
+benchmarks/ms_swift_plugin.py sets them to the local tokenizer's (its log's ``[INPUT_IDS]`` then shows 16
+``<|video_pad|>``). Each run is wrapped in ``flock /tmp/cpu.lock`` (``--lock``), one torch thread (``--threads``).
 
 ms-swift runs from its own venv (scripts/ms_swift_venv.sh builds it: ms-swift 4.6.0 beside our torch pins).
 ``--profile`` adds benchmarks/step_profile.py's per-step split and memory holdings to both (ms-swift then loads
@@ -22,6 +26,7 @@ not its default's).
     python benchmarks/vs_ms_swift.py --repeats 3 --tuning lora
     python benchmarks/vs_ms_swift.py --repeats 3 --tuning freeze_vision
     python benchmarks/vs_ms_swift.py --repeats 1 --profile
+    python benchmarks/vs_ms_swift.py --epochs 3
 """
 
 import argparse
