@@ -196,6 +196,7 @@ def _model_config(
     num_layers: int,
     vision_hidden_size: int = 32,
     num_heads: int = 4,
+    intermediate_size: int | None = None,
 ) -> Any:
     r"""The tiny config: by default a 64-d, 2-layer LLM; depth-2 vision tower whose merger outputs its hidden size."""
     head_dim = hidden_size // num_heads
@@ -214,7 +215,7 @@ def _model_config(
     text_config = {
         "vocab_size": vocab_size or _vocab_rows(len(tokenizer)),
         "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
+        "intermediate_size": intermediate_size or 2 * hidden_size,
         "num_hidden_layers": num_layers,
         "num_attention_heads": num_heads,
         "num_key_value_heads": 2,
@@ -319,6 +320,7 @@ def build_tiny_qwen2vl(
     num_layers: int = 2,
     vision_hidden_size: int = 32,
     num_heads: int = 4,
+    intermediate_size: int | None = None,
 ) -> str:
     r"""Write a tiny random Qwen2-VL (``model_type="qwen2_5_vl"``: Qwen2.5-VL) to ``out_dir`` and return it.
 
@@ -331,6 +333,7 @@ def build_tiny_qwen2vl(
     the defaults give the small model the tests and the demo use. ``vision_hidden_size`` 64 makes every linear layer
     at least 64 wide, as bitsandbytes' 4-bit CPU inference needs (its quantization block is 64 values).
     ``num_heads`` attention heads (2 key/value heads): vLLM's CPU attention needs head_dim 64, e.g. hidden 128 with 2.
+    ``intermediate_size`` widens the LLM's MLP (default twice ``hidden_size``).
     """
     from transformers import GenerationConfig
 
@@ -343,7 +346,9 @@ def build_tiny_qwen2vl(
 
     os.makedirs(out_dir, exist_ok=True)
     tokenizer = train_tokenizer(out_dir)
-    config = _model_config(tokenizer, model_type, vocab_size, hidden_size, num_layers, vision_hidden_size, num_heads)
+    config = _model_config(
+        tokenizer, model_type, vocab_size, hidden_size, num_layers, vision_hidden_size, num_heads, intermediate_size
+    )
     if len(tokenizer) > config.text_config.vocab_size:
         raise RuntimeError(
             f"vocab_size {config.text_config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})."

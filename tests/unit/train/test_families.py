@@ -186,3 +186,13 @@ def test_family_exports_a_self_contained_classifier(family, finetuning_type, mot
     test_examples = read_json(os.path.join(motion_data, "motion_test.json"))
     videos = [os.path.join(motion_data, example["videos"][0]) for example in test_examples]
     torch.testing.assert_close(exported.predict_logits(videos), trained.predict_logits(videos), rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_qwen2vl_mlp_width_is_configurable(tmp_path):
+    # benchmarks/vs_ms_swift.py builds the model with a 4x MLP (the default is 2x the hidden size)
+    model_dir = build_tiny_qwen2vl(str(tmp_path / "model"), intermediate_size=96)
+    assert AutoConfig.from_pretrained(model_dir).text_config.intermediate_size == 96
+    with safe_open(os.path.join(model_dir, "model.safetensors"), "pt") as f:
+        keys = f.keys()
+        shapes = {key: f.get_slice(key).get_shape() for key in keys if "layers.0.mlp.up_proj" in key}
+    assert list(shapes.values()) == [[96, 64]]
