@@ -13,7 +13,8 @@ A tiny Qwen2-VL is trained on the trimmed 4-class motion clips (:mod:`ivcp.demo.
 
     nice -n 10 python benchmarks/long_videos.py --work_dir /tmp/long --seeds 1 2 --epochs 30
 
-``--mode sampling`` trains on long clips instead (``long_train``, generator seed ``--long_train_seed``) with
+``--mode sampling`` trains on long clips instead (``long_train_ef{percent}``, generator seed ``--long_train_seed``,
+the motion in ``--event_fraction`` of each clip; held out: ``long_test_ef{percent}``, seed ``--long_seed``) with
 ``action_train_sampling`` uniform and random_segment on the same budget (epochs, ``video_maxlen``), and reports the
 held-out long clips' ``eval_accuracy`` through the trainer's eval path with ``action_test_clips`` 1 (the training
 run's own evaluation) and each of ``--eval_clips`` (an evaluation-only run per ``--combines``):
@@ -117,16 +118,27 @@ def evaluate_with_cli(config: dict, trained_dir: str, clips: int, combine: str) 
     return train_with_cli(eval_config, f"{output_dir}.yaml")
 
 
+def train_losses(output_dir: str) -> dict[str, float]:
+    r"""The run's mean training loss (train_results.json) and its last logged loss (trainer_log.jsonl)."""
+    with open(os.path.join(output_dir, "train_results.json"), encoding="utf-8") as f:
+        mean = json.load(f)["train_loss"]
+    with open(os.path.join(output_dir, "trainer_log.jsonl"), encoding="utf-8") as f:
+        logged = [record["loss"] for record in map(json.loads, f) if "loss" in record]
+    return {"train_loss_mean": round(mean, 4), "train_loss_last_logged": round(logged[-1], 4)}
+
+
 def compare_sampling(model_dir: str, data_dir: str, args: argparse.Namespace, work_dir: str) -> None:
     r"""Train on long clips with each training sampling; held-out accuracy at 1 clip and at ``args.eval_clips``."""
     from ivcp.demo.long_videos import make_long_motion_dataset
 
+    suffix = f"_ef{round(args.event_fraction * 100)}"  # another event_fraction never reuses written clips
+    train_name, test_name = f"long_train{suffix}", f"long_test{suffix}"
     for name, count, seed in (
-        ("long_train", args.long_train_per_class, args.long_train_seed),
-        ("long_test", args.long_per_class, args.long_seed),
+        (train_name, args.long_train_per_class, args.long_train_seed),
+        (test_name, args.long_per_class, args.long_seed),
     ):
         if not os.path.isfile(os.path.join(data_dir, f"{name}.json")):
-            make_long_motion_dataset(data_dir, count, seed=seed, name=name)
+            make_long_motion_dataset(data_dir, count, seed=seed, event_fraction=args.event_fraction, name=name)
 
     run_dir = os.path.join(work_dir, "sampling_runs")
     os.makedirs(run_dir, exist_ok=True)
@@ -135,8 +147,8 @@ def compare_sampling(model_dir: str, data_dir: str, args: argparse.Namespace, wo
             name = f"{sampling}_seed{seed}"
             config = stage_config(model_dir, data_dir, os.path.join(run_dir, name), seed, args)
             config.update(
-                dataset="long_train",
-                eval_dataset="long_test",
+                dataset=train_name,
+                eval_dataset=test_name,
                 video_maxlen=args.video_maxlen,
                 action_train_sampling=sampling,
                 per_device_eval_batch_size=args.batch,
@@ -148,6 +160,7 @@ def compare_sampling(model_dir: str, data_dir: str, args: argparse.Namespace, wo
                 "clips1": train_with_cli(config, f"{config['output_dir']}.yaml"),
             }
             report["train_s"] = round(time.perf_counter() - start, 1)
+            report.update(train_losses(config["output_dir"]))
             for clips in args.eval_clips:
                 for combine in args.combines:
                     report[f"clips{clips}_{combine}"] = evaluate_with_cli(config, config["output_dir"], clips, combine)
@@ -175,6 +188,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=["clips", "sampling"], default="clips")
     parser.add_argument("--long_train_per_class", type=int, default=24, help="sampling mode: long training clips")
     parser.add_argument("--long_train_seed", type=int, default=50, help="sampling mode: their generator seed")
+    parser.add_argument(
+        "--event_fraction", type=float, default=0.1, help="sampling mode: the part of each long clip the motion fills"
+    )
     parser.add_argument("--eval_clips", type=int, nargs="+", default=[4], help="sampling mode: action_test_clips")
     parser.add_argument("--combines", nargs="+", default=["mean", "max"], help="sampling mode: action_clip_combine")
     args = parser.parse_args()
