@@ -131,14 +131,17 @@ def compare_sampling(model_dir: str, data_dir: str, args: argparse.Namespace, wo
     r"""Train on long clips with each training sampling; held-out accuracy at 1 clip and at ``args.eval_clips``."""
     from ivcp.demo.long_videos import make_long_motion_dataset
 
-    suffix = f"_ef{round(args.event_fraction * 100)}"  # another event_fraction never reuses written clips
+    suffix = f"_ef{round(args.event_fraction * 100)}"  # another event_fraction or length never reuses written clips
+    suffix += "" if args.long_frames == 80 else f"_f{args.long_frames}"
     train_name, test_name = f"long_train{suffix}", f"long_test{suffix}"
     for name, count, seed in (
         (train_name, args.long_train_per_class, args.long_train_seed),
         (test_name, args.long_per_class, args.long_seed),
     ):
         if not os.path.isfile(os.path.join(data_dir, f"{name}.json")):
-            make_long_motion_dataset(data_dir, count, seed=seed, event_fraction=args.event_fraction, name=name)
+            make_long_motion_dataset(
+                data_dir, count, seed=seed, num_frames=args.long_frames, event_fraction=args.event_fraction, name=name
+            )
 
     run_dir = os.path.join(work_dir, "sampling_runs")
     os.makedirs(run_dir, exist_ok=True)
@@ -191,6 +194,7 @@ def main() -> None:
     parser.add_argument(
         "--event_fraction", type=float, default=0.1, help="sampling mode: the part of each long clip the motion fills"
     )
+    parser.add_argument("--long_frames", type=int, default=80, help="sampling mode: frames per long clip (8 fps)")
     parser.add_argument("--eval_clips", type=int, nargs="+", default=[4], help="sampling mode: action_test_clips")
     parser.add_argument("--combines", nargs="+", default=["mean", "max"], help="sampling mode: action_clip_combine")
     args = parser.parse_args()
