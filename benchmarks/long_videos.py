@@ -14,7 +14,8 @@ A tiny Qwen2-VL is trained on the trimmed 4-class motion clips (:mod:`ivcp.demo.
     nice -n 10 python benchmarks/long_videos.py --work_dir /tmp/long --seeds 1 2 --epochs 30
 
 ``--mode sampling`` trains on long clips instead (``long_train_ef{percent}``, generator seed ``--long_train_seed``,
-the motion in ``--event_fraction`` of each clip; held out: ``long_test_ef{percent}``, seed ``--long_seed``) with
+the motion in ``--event_fraction`` of each clip of ``--long_frames``; held out: ``long_test_ef{percent}``, seed
+``--long_seed``; a length other than 80 frames adds ``_f{frames}`` to both names) with
 ``action_train_sampling`` uniform and random_segment on the same budget (epochs, ``video_maxlen``), and reports the
 held-out long clips' ``eval_accuracy`` through the trainer's eval path with ``action_test_clips`` 1 (the training
 run's own evaluation) and each of ``--eval_clips`` (an evaluation-only run per ``--combines``):
