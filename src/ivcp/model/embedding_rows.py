@@ -14,7 +14,9 @@ ROWS_KEY = "embedding_rows.rows"
 
 
 class EmbeddingRows(nn.Module):
-    r"""A trainable copy of some rows of an embedding table, written into its output by a forward hook.
+    r"""A trainable copy of some rows of a plain ``nn.Embedding``'s table, written into its output by a forward hook.
+
+    Only a plain lookup: a subclass may transform the rows (Gemma scales them), which the hook would bypass.
 
     The table itself is frozen; :meth:`write_into_table` copies the trained rows back before anything is saved,
     and :meth:`read_from_table` re-reads them after a checkpoint was loaded into the table.
@@ -25,6 +27,8 @@ class EmbeddingRows(nn.Module):
         weight = embedding.weight
         self.embedding = [embedding]  # in a list: not a submodule, so its table is not a second time in state_dict
         ids = torch.unique(token_ids.to(device=weight.device, dtype=torch.long))
+        self.padding_idx = embedding.padding_idx  # its row never trains in the table: it stays there
+        ids = ids[ids != self.padding_idx] if self.padding_idx is not None else ids
         self.register_buffer("token_ids", ids, persistent=False)
         index = torch.full((weight.size(0),), -1, dtype=torch.long, device=weight.device)
         index[ids] = torch.arange(ids.numel(), device=weight.device)
@@ -44,7 +48,8 @@ class EmbeddingRows(nn.Module):
 
     def unused_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         r"""The ids of ``input_ids`` that have no trainable row (sorted, unique)."""
-        return torch.unique(input_ids[self.row_index.to(input_ids.device)[input_ids] < 0])
+        unused = torch.unique(input_ids[self.row_index.to(input_ids.device)[input_ids] < 0])
+        return unused[unused != self.padding_idx] if self.padding_idx is not None else unused
 
     @torch.no_grad()
     def write_into_table(self) -> None:

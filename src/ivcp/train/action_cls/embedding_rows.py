@@ -64,6 +64,8 @@ def train_used_embedding_rows(
         return  # the table does not train
 
     reason = _dense_reason(model, train_dataset, data_args, finetuning_args, training_args)
+    if reason is None and type(embedding) is not nn.Embedding:
+        reason = f"the input embedding is a {type(embedding).__name__}, not a plain lookup (nn.Embedding)"
     if reason is not None:
         logger.info_rank0(f"Training the whole token embedding table ({embedding.num_embeddings} rows): {reason}.")
         return
