@@ -228,3 +228,26 @@ def test_used_embedding_rows_replace_the_table_in_the_optimizer(tiny_model, moti
     batch["input_ids"][0, 0] = max(tokens | expected) + 1  # a token the training set does not have
     with pytest.raises(ValueError, match="action_embedding_rows: all"):
         model(**batch)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({}, None),
+        ({"action_embedding_rows": "all"}, "action_embedding_rows: all"),
+        ({"weight_decay": 0.1}, "weight_decay 0.1 moves every row"),
+        ({"optim": "sgd"}, "optim sgd"),
+        ({"optim": "adamw_bnb_8bit"}, "optim adamw_bnb_8bit"),
+        ({"streaming": True}, "streaming"),
+    ],
+)
+def test_used_embedding_rows_only_where_the_model_is_the_same(tmp_path, overrides, reason):
+    from llamafactory.hparams import get_train_args
+
+    from ivcp.hparams.checks import dense_embedding_reason
+
+    config = base_config("unused-model", "unused-data", str(tmp_path), finetuning_type="full", **overrides)
+    config.pop("lora_target")
+    _, data_args, training_args, finetuning_args, _ = get_train_args(config)
+    found = dense_embedding_reason(data_args, finetuning_args, training_args)
+    assert found == reason if reason is None else reason in found
