@@ -10,9 +10,6 @@ import torch
 from torch import nn
 
 
-ROWS_KEY = "embedding_rows.rows"
-
-
 class EmbeddingRows(nn.Module):
     r"""A trainable copy of some rows of a plain ``nn.Embedding``'s table, written into its output by a forward hook.
 

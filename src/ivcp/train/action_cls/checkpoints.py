@@ -93,12 +93,8 @@ def load_full_checkpoint(model: nn.Module, checkpoint: str) -> bool:
         state_dict.update({rename_source_key(key, renamings, [])[0]: v for key, v in load_file(path).items()})
 
     result = model.load_state_dict(state_dict, strict=False)
-    own = dict(model.named_parameters())  # a tied alias (lm_head of tied embeddings) is not saved
-    missing = [
-        key
-        for key in result.missing_keys
-        if key in own or key not in dict(model.named_parameters(remove_duplicate=False))
-    ]
+    tied = dict(model.named_parameters(remove_duplicate=False)).keys() - dict(model.named_parameters()).keys()
+    missing = [key for key in result.missing_keys if key not in tied]  # a tied alias (lm_head) is not saved
     if missing or result.unexpected_keys:
         raise RuntimeError(
             f"its weights do not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
