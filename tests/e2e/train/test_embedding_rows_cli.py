@@ -44,8 +44,8 @@ def test_used_rows_train_the_same_model_as_the_whole_table(full_runs, tiny_model
 
     used, dense = saved_weights(work_dir / "used"), saved_weights(work_dir / "all")
     assert used.keys() == dense.keys() and not any("embedding_rows" in key for key in used)  # an ordinary model
-    for key in dense:
-        torch.testing.assert_close(used[key], dense[key], rtol=1e-5, atol=1e-6)
+    for key in dense:  # Adam turns a rounding-size gradient into a step of up to lr: 1e-4 of the 4e-3 a row moves
+        torch.testing.assert_close(used[key], dense[key], rtol=1e-5, atol=1e-4)
     table = next(key for key in dense if key.endswith("embed_tokens.weight"))
     changed = (used[table] != load_file(os.path.join(tiny_model, "model.safetensors"))[table]).any(dim=-1)
     assert 0 < changed.sum() < used[table].size(0) // 2  # the rows of the data's tokens trained, the rest as they were
