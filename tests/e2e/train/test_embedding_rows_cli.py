@@ -51,7 +51,7 @@ def test_used_rows_train_the_same_model_as_the_whole_table(full_runs, tiny_model
     assert 0 < changed.sum() < used[table].size(0) // 2  # the rows of the data's tokens trained, the rest as they were
     checkpoint = saved_weights(work_dir / "used" / "checkpoint-2")[table]  # checkpoints hold the trained rows too
     torch.testing.assert_close(
-        checkpoint, saved_weights(work_dir / "all" / "checkpoint-2")[table], rtol=1e-5, atol=1e-6
+        checkpoint, saved_weights(work_dir / "all" / "checkpoint-2")[table], rtol=1e-5, atol=1e-4
     )
 
 
