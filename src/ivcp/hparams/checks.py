@@ -91,6 +91,40 @@ def _check_sampling_args(
         )
 
 
+# AdamW without weight decay leaves a row with zero gradient exactly where it is (bnb / 8-bit states quantize by block)
+EXACT_ROW_OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adamw_apex_fused")
+CUSTOM_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
+
+
+def dense_embedding_reason(
+    data_args: "DataArguments",
+    finetuning_args: "ActionFinetuningArguments",
+    training_args: "Seq2SeqTrainingArguments",
+) -> str | None:
+    r"""Why the arguments need the whole token-embedding table trained (``action_embedding_rows``), or None.
+
+    Training only the used rows is the same model when every other row provably never moves: an Adam-family
+    optimizer of torch's, ``weight_decay`` 0, the whole training set known in advance, and one process or DDP.
+    """
+    if finetuning_args.action_embedding_rows == "all":
+        return "action_embedding_rows: all"
+    if training_args.weight_decay:
+        return f"weight_decay {training_args.weight_decay} moves every row"
+    custom = [name for name in CUSTOM_OPTIMIZERS if getattr(finetuning_args, name, False)]
+    if custom or finetuning_args.loraplus_lr_ratio is not None:
+        return f"{(custom or ['loraplus_lr_ratio'])[0]} builds its own optimizer"
+    optim = getattr(training_args.optim, "value", training_args.optim)
+    if optim not in EXACT_ROW_OPTIMS:
+        return f"optim {optim} (exact only for {', '.join(EXACT_ROW_OPTIMS)})"
+    if data_args.streaming:
+        return "streaming: the training set's tokens are not known in advance"
+    if training_args.deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        return "DeepSpeed (one process and DDP only)"
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") or training_args.fsdp_plugin_args is not None:
+        return "FSDP (one process and DDP only)"
+    return None
+
+
 def check_fsdp_device(training_args: "Seq2SeqTrainingArguments") -> None:
     r"""Refuse FSDP on a CPU, where accelerate would silently train plain DDP instead.
 

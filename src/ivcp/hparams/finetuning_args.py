@@ -11,6 +11,7 @@ from .serving_args import ActionServingArguments
 
 
 ACTION_DECODER_TYPES = ("linear", "mlp")
+EMBEDDING_ROWS = ("used", "all")
 
 
 @dataclass
@@ -61,6 +62,15 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
             "help": "Clip the `<ACTION>` embedding's gradient to max_grad_norm on its own, outside the global norm of "
             "the other parameters: its gradient is the model's largest and would set every parameter's clipping factor "
             "(one process and DDP; DeepSpeed and FSDP clip inside their engines, the row in the global norm)."
+        },
+    )
+    action_embedding_rows: str = field(
+        default="used",
+        metadata={
+            "help": "When the token embedding trains: `used` trains only the rows of the tokens in the training set "
+            "(the table frozen, the rows written back into it on save), where that is exactly the same as training "
+            "the whole table (AdamW, weight_decay 0, one process or DDP, no streaming; else the whole table, with a "
+            "log line saying why); `all` always trains the whole table."
         },
     )
     action_problem_type: str = field(
@@ -165,6 +175,11 @@ class ActionFinetuningArguments(FinetuningArguments, ActionServingArguments):
 
         if self.action_token_lr_scale < 0:
             raise ValueError(f"`action_token_lr_scale` must be >= 0, got {self.action_token_lr_scale}.")
+
+        if self.action_embedding_rows not in EMBEDDING_ROWS:
+            raise ValueError(
+                f"`action_embedding_rows` must be one of {EMBEDDING_ROWS}, got {self.action_embedding_rows!r}."
+            )
 
         if self.action_problem_type not in PROBLEM_TYPES:
             raise ValueError(

@@ -16,6 +16,7 @@ from transformers.utils import ModelOutput
 
 from .action_decoder import ACTION_EMBEDDING_KEY, ACTION_TOKEN, ActionDecoder, copy_full_tensor
 from .backbone import final_hidden_states
+from .embedding_rows import EmbeddingRows
 from .head_config import to_config
 from .layers import decoder_layers
 from .loss import ActionLoss
@@ -74,6 +75,27 @@ class ActionClassificationModel(nn.Module):
         self.action_embedding = nn.Parameter(action_embedding.detach().clone().float())
         self.config = self.base_model.config  # HF Trainer and accelerate read `model.config`
         self.backbone.get_input_embeddings().register_forward_hook(self._write_action_embedding)
+        self.embedding_rows: EmbeddingRows | None = None  # `train_embedding_rows`: the trained rows of the table
+
+    def train_embedding_rows(self, token_ids: torch.Tensor) -> EmbeddingRows:
+        r"""Freeze the input embedding table and train a copy of the rows of ``token_ids`` (``<ACTION>`` left out).
+
+        The ``<ACTION>`` row is ``action_embedding``; the trained rows go back into the table on every save, so
+        what is saved is an ordinary model.
+        """
+        ids = torch.unique(token_ids.long())
+        self.embedding_rows = EmbeddingRows(self.backbone.get_input_embeddings(), ids[ids != self.action_token_id])
+        return self.embedding_rows
+
+    def _check_embedding_rows(self, input_ids: torch.Tensor) -> None:
+        r"""A training batch with a token outside the trained rows would train a row the dense table trains."""
+        unused = self.embedding_rows.unused_ids(input_ids)
+        unused = unused[unused != self.action_token_id]
+        if unused.numel():
+            raise ValueError(
+                f"A training batch has token ids {unused.tolist()[:10]} that are not in the training set's tokens, "
+                "so their embedding rows would not train: set `action_embedding_rows: all`."
+            )
 
     @property
     def base_model(self) -> nn.Module:
@@ -143,6 +165,9 @@ class ActionClassificationModel(nn.Module):
         action_labels: torch.Tensor | None = None,
         **model_inputs: Any,
     ) -> ActionClassifierOutput:
+        if self.embedding_rows is not None and self.training and torch.is_grad_enabled():
+            self._check_embedding_rows(input_ids)
+
         hidden_states, aux_loss = final_hidden_states(
             self.base_model,
             input_ids,
@@ -190,6 +215,8 @@ class ActionClassificationModel(nn.Module):
         ``state_dict`` is what HF Trainer hands ``_save``: the gathered full state under ZeRO-3 and FSDP
         FULL_STATE_DICT, so it is split by prefix instead of reading the (possibly sharded) modules.
         """
+        if self.embedding_rows is not None:  # the table's tensor is the one in `state_dict` (one process, DDP)
+            self.embedding_rows.write_into_table()
         if state_dict is None:
             state_dict = self.state_dict()
 

@@ -4,10 +4,12 @@ import copy
 
 import pytest
 import torch
+from llamafactory.hparams import DataArguments
 
 from ivcp.data import ActionDataCollator
 from ivcp.model import load_action_model
 from ivcp.model.action_decoder import ActionDecoder
+from ivcp.train.action_cls.embedding_rows import train_used_embedding_rows
 from ivcp.train.action_cls.trainer import ActionClsTrainer
 from tests.helpers import base_config, load_action_data
 
@@ -191,3 +193,61 @@ def test_lora_state_restores_without_frozen_base_not_without_trained_weights(tin
     lora_key = next(key for key in state if "lora_A" in key)
     with pytest.raises(RuntimeError, match=lora_key):
         model.load_state_dict({key: value for key, value in state.items() if key != lora_key})
+
+
+def test_used_embedding_rows_replace_the_table_in_the_optimizer(tiny_model, motion_data, tmp_path):
+    model, batch, (_, training_args, finetuning_args, tokenizer_module, dataset, collator) = _setup(
+        tiny_model, motion_data, tmp_path, finetuning_type="full", lora_target=None
+    )
+    table = model.backbone.get_input_embeddings().weight
+    dense_output = model(**batch).logits.detach()
+    train_used_embedding_rows(
+        model, dataset["train_dataset"], tokenizer_module["tokenizer"], DataArguments(), finetuning_args, training_args
+    )
+    tokens = {t for ids in dataset["train_dataset"]["input_ids"] for t in ids}
+    padding = model.backbone.get_input_embeddings().padding_idx  # never trained in the table either
+    expected = (tokens | set(tokenizer_module["tokenizer"].all_special_ids)) - {model.action_token_id, padding}
+    rows = model.embedding_rows.rows
+    assert rows.shape == (len(expected), table.size(1)) and set(model.embedding_rows.token_ids.tolist()) == expected
+    assert not table.requires_grad and rows.requires_grad
+    torch.testing.assert_close(model(**batch).logits.detach(), dense_output, rtol=0, atol=0)  # same forward
+
+    trainer = _trainer(model, training_args, finetuning_args, tokenizer_module, dataset, collator)
+    optimizer = trainer.create_optimizer()
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
+    assert any(p is rows for p in trained) and not any(p is table for p in trained)
+    model(**batch).loss.backward()
+    optimizer.step()
+    state_elements = sum(t.numel() for s in optimizer.state.values() for t in s.values() if t.ndim)
+    assert state_elements == 2 * sum(p.numel() for p in trained)  # Adam's m and v of the rows, none of the table
+    assert table.grad is None
+
+    model.embedding_rows.write_into_table()  # what every save does first
+    torch.testing.assert_close(table[model.embedding_rows.token_ids], rows.detach(), rtol=0, atol=0)
+
+    batch["input_ids"][0, 0] = max(tokens | expected) + 1  # a token the training set does not have
+    with pytest.raises(ValueError, match="action_embedding_rows: all"):
+        model(**batch)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({}, None),
+        ({"action_embedding_rows": "all"}, "action_embedding_rows: all"),
+        ({"weight_decay": 0.1}, "weight_decay 0.1 moves every row"),
+        ({"optim": "sgd"}, "optim sgd"),
+        ({"optim": "adamw_bnb_8bit"}, "optim adamw_bnb_8bit"),
+        ({"streaming": True}, "streaming"),
+    ],
+)
+def test_used_embedding_rows_only_where_the_model_is_the_same(tmp_path, overrides, reason):
+    from llamafactory.hparams import get_train_args
+
+    from ivcp.hparams.checks import dense_embedding_reason
+
+    config = base_config("unused-model", "unused-data", str(tmp_path), finetuning_type="full", **overrides)
+    config.pop("lora_target")
+    _, data_args, training_args, finetuning_args, _ = get_train_args(config)
+    found = dense_embedding_reason(data_args, finetuning_args, training_args)
+    assert found == reason if reason is None else reason in found

@@ -1,4 +1,4 @@
-"""Resume only from a checkpoint HF Trainer finished writing.
+"""Resume only from a checkpoint HF Trainer finished writing, and load a full model's weights by their saved names.
 
 HF Trainer writes ``checkpoint-N`` in place, file by file (its temp-dir-and-rename attempts were reverted for
 multi-GPU races), and ``get_last_checkpoint`` picks the highest N whatever its state, so a run killed during a
@@ -9,8 +9,12 @@ import json
 import os
 import re
 
+from safetensors.torch import load_file
+from torch import nn
+from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ...log import get_logger
 
@@ -59,3 +63,41 @@ def complete_resume_checkpoint(checkpoint: str | None) -> str | None:
         "there is no complete earlier checkpoint next to it. Delete it to train from scratch, or set "
         "`overwrite_output_dir: true`."
     )
+
+
+def _weight_files(checkpoint: str) -> list[str]:
+    index = os.path.join(checkpoint, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            return [os.path.join(checkpoint, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+
+    single = os.path.join(checkpoint, SAFE_WEIGHTS_NAME)
+    return [single] if os.path.isfile(single) else []
+
+
+def load_full_checkpoint(model: nn.Module, checkpoint: str) -> bool:
+    r"""Load the full model ``save_pretrained`` wrote in ``checkpoint`` into ``model``; False if there is none.
+
+    transformers 5 saves the original checkpoint names (Qwen2-VL: ``model.embed_tokens`` for the module's
+    ``model.language_model.embed_tokens``), which HF Trainer's resume loads with a plain ``load_state_dict``: no key
+    matches and the run would continue from the initial weights. Renamed here as ``from_pretrained`` does.
+    """
+    files = _weight_files(checkpoint)
+    conversions = getattr(model, "_weight_conversions", None) or []
+    if not files or any(isinstance(conversion, WeightConverter) for conversion in conversions):
+        return False  # not a safetensors full model, or tensors to convert: HF Trainer's own loading
+
+    renamings = [conversion for conversion in conversions if isinstance(conversion, WeightRenaming)]
+    state_dict = {}
+    for path in files:
+        state_dict.update({rename_source_key(key, renamings, [])[0]: v for key, v in load_file(path).items()})
+
+    result = model.load_state_dict(state_dict, strict=False)
+    tied = dict(model.named_parameters(remove_duplicate=False)).keys() - dict(model.named_parameters()).keys()
+    missing = [key for key in result.missing_keys if key not in tied]  # a tied alias (lm_head) is not saved
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"its weights do not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+
+    return True

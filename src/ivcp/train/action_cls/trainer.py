@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from llamafactory.train.callbacks import SaveProcessorCallback
 from llamafactory.train.trainer_utils import create_custom_optimizer, create_custom_scheduler
+from peft import PeftModel
 from transformers import EvalPrediction, Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import remove_dummy_checkpoint
@@ -23,6 +24,7 @@ from ...log import get_logger
 from ...model.action_decoder import HEAD_WEIGHTS_NAME
 from ...model.decoding import combine_clips, decode, finite_rows, probabilities
 from ...model.multi_label import MULTI_LABEL
+from .checkpoints import load_full_checkpoint
 from .metric import TOP_K, save_average_precision, save_confusion_matrix
 
 
@@ -336,11 +338,16 @@ class ActionClsTrainer(Trainer):
         # HF passes the wrapped model under FSDP: its checkpoint file holds the whole wrapper, head included
         target = model if model is not None else self.model.backbone
         try:
-            super()._load_from_checkpoint(resume_from_checkpoint, model=target)
+            plain = model is None and not self.is_deepspeed_enabled and not isinstance(target, PeftModel)
+            if not (plain and load_full_checkpoint(target, resume_from_checkpoint)):
+                super()._load_from_checkpoint(resume_from_checkpoint, model=target)
             if not os.path.isfile(os.path.join(resume_from_checkpoint, HEAD_WEIGHTS_NAME)):
                 raise ValueError(f"it has no {HEAD_WEIGHTS_NAME}, so an action_cls run did not write it")
 
-            self.accelerator.unwrap_model(self.model).load_head(resume_from_checkpoint)
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            unwrapped.load_head(resume_from_checkpoint)
+            if unwrapped.embedding_rows is not None:  # the checkpoint's table holds the trained rows
+                unwrapped.embedding_rows.read_from_table()
         except (RuntimeError, ValueError) as err:  # torch's size mismatch, our head checks
             reason = str(err).splitlines()[0].rstrip(".:")
             raise ValueError(

@@ -17,6 +17,7 @@ from ...model.loader import find_head
 from ...model.loss import BALANCED, ActionLossConfig, format_class_weights, resolve_class_weights
 from ...model.multi_label import MULTI_LABEL, SINGLE_LABEL, balanced_pos_weight
 from .checkpoints import complete_resume_checkpoint
+from .embedding_rows import train_used_embedding_rows
 from .frame_cache import FrameCacheReport, open_frame_cache
 from .metric import ComputeActionMetrics
 from .trainer import ActionClsTrainer
@@ -151,6 +152,14 @@ def run_action_cls(
         **tokenizer_module,
     )
 
+    train_used_embedding_rows(
+        model,
+        dataset_module.get("train_dataset"),
+        tokenizer_module["tokenizer"],
+        data_args,
+        finetuning_args,
+        training_args,
+    )
     if frame_cache is not None:
         trainer.add_callback(FrameCacheReport(frame_cache, training_args))
 
