@@ -194,8 +194,18 @@ def tree_cpu_seconds() -> float:
     return total
 
 
+def peak_rss() -> int:
+    r"""This process's peak RSS so far (``VmHWM``), in bytes."""
+    with open("/proc/self/status", encoding="utf-8") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 class CpuClock(TrainerCallback):
-    r"""Wall and CPU seconds of the training loop (process tree): on a shared machine, CPU time is the fairer cost."""
+    r"""Wall and CPU seconds of the training loop (process tree): on a shared machine, CPU time is the fairer cost.
+
+    Also the trainer's peak RSS when training ends (``VmHWM``), before the final save: saving reads every weight,
+    which maps in the memory-mapped ones training never touched (file pages, raising the whole run's peak RSS).
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -207,4 +217,4 @@ class CpuClock(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs) -> None:
         wall, cpu = time.perf_counter() - self.start[0], tree_cpu_seconds() - self.start[1]
         with open(self.path, "w", encoding="utf-8") as f:
-            json.dump({"wall_seconds": wall, "cpu_seconds": cpu, "steps": state.global_step}, f)
+            json.dump({"wall_seconds": wall, "cpu_seconds": cpu, "steps": state.global_step, "hwm": peak_rss()}, f)
