@@ -133,30 +133,30 @@ def test_a_killed_run_resumes_each_video_exactly_once(clips, trained, one_proces
 
 
 def test_ray_data_gives_one_process_rows(clips, trained, one_process, tmp_path):
-    ray = pytest.importorskip("ray")
+    r"""``ivcp classify --ray local`` as a user runs it: a local Ray cluster, CPU model actors, Parquet files."""
+    pytest.importorskip("ray")
     import pyarrow.parquet as pq
 
-    from ivcp.batch.ray_data import classify_with_ray
-
     work_dir, _ = clips
-    output_dir, _ = trained
-    model = read_json(output_dir / "adapter_config.json")["base_model_name_or_path"]
-    items = list_inputs(user_prompt(None), video_list=str(work_dir / "videos.txt")).items
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        classify_with_ray(
-            items,
-            str(tmp_path / "ray"),
-            model,
-            str(output_dir),
-            top_k=5,
-            batch_size=2,
-            num_gpus=0,
-            decode_concurrency=1,
-            output_format="parquet",
-        )
-    finally:
-        ray.shutdown()
+    result = classify(
+        work_dir,
+        trained,
+        "--video_list",
+        "videos.txt",
+        "--ray",
+        "local",
+        "--num_gpus",
+        "0",
+        "--decode_workers",
+        "1",
+        "--output_format",
+        "parquet",
+        "--output",
+        str(tmp_path / "ray"),
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"9 videos classified by Ray into {tmp_path / 'ray'}/." in result.stderr
     table = pq.read_table(tmp_path / "ray").to_pylist()
     rows = {row["video"]: {key: value for key, value in row.items() if value is not None} for row in table}
     assert len(table) == len(rows) == len(one_process)
