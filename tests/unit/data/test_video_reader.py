@@ -221,8 +221,12 @@ def test_show_frames_counts_the_video_tokens_training_puts_in_the_prompt(tiny_mo
 
 
 def _late_colour_clip(path: Path, label: int, seed: int) -> None:
-    r"""40 frames (4 s): a random colour for 3 s, then red (class 0) or blue (class 1) for the last second."""
-    start = np.random.default_rng(seed).integers(0, 256, size=3)
+    r"""40 frames (4 s): a random grey for 3 s, then red (class 0) or blue (class 1) for the last second.
+
+    Grey, not any colour: only the last second tells the classes apart, so a reader that never samples it leaves
+    nothing to learn (a random colour could be red- or blue-ish and mislead a tiny model on some clips).
+    """
+    start = np.full(3, np.random.default_rng(seed).integers(0, 256))
     late = (220, 30, 30) if label == 0 else (30, 30, 220)
 
     def content(index: int, height: int, width: int) -> np.ndarray:
@@ -232,6 +236,10 @@ def _late_colour_clip(path: Path, label: int, seed: int) -> None:
 
 
 def test_classes_seen_only_at_the_end_of_webm_clips_are_learned(tiny_model, tmp_path):
+    r"""One run (training seed 42, these clips). Not a lucky one: with other clips (seeds from 1000, 2000, 3000, 4000,
+    5000) and training seeds 1-3 all 9 runs tried gave 1.000 on the 8 held-out clips. With the earlier random-colour
+    starts 3 of those 9 gave 0.625, hence the grey. A reader that never samples the last second sees grey only.
+    """
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     for split, count, offset in (("late_train", 16, 0), ("late_test", 8, 100)):
