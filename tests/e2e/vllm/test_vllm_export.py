@@ -248,6 +248,19 @@ def _check_export(directory: str, capsys) -> tuple[int, str]:
     return exited.value.code, capsys.readouterr().err
 
 
+def test_the_processor_config_carries_trainings_video_settings(exports):
+    r"""vLLM sizes and samples frames from processor_config.json: training's fps, frame cap and pixel bounds are there."""
+    for name, run in exports.items():
+        preprocessing = load_head_config(run["dir"])["preprocessing"]
+        video_processor = read_json(Path(run["dir"]) / "processor_config.json")["video_processor"]
+        assert (video_processor["fps"], video_processor["max_frames"]) == (
+            preprocessing["video_fps"],
+            preprocessing["video_maxlen"],
+        ), name
+        assert video_processor["size"]["longest_edge"] <= preprocessing["video_max_pixels"], name
+        assert video_processor["size"]["shortest_edge"] >= preprocessing["video_min_pixels"], name
+
+
 def test_a_tampered_export_fails_loudly(exports, tmp_path, capsys):
     source = exports["qwen2_vl_lora"]["dir"]
     assert _check_export(source, capsys) == (0, "")
