@@ -83,7 +83,10 @@ def _drive_board(
     _field(page, "Label names file").fill(str(names_file))
     _field(page, "Data dir").fill(motion_data)
     _field(page, "Dataset").click()
-    assert page.get_by_role("option").all_inner_texts() == ["motion_train", "motion_test"]
+    # the list fills when the server answers the Data dir change: wait for it (read at once, it was once empty in a run)
+    expect(page.get_by_role("option")).to_have_text(
+        ["motion_train", "motion_test"], use_inner_text=True, timeout=60_000
+    )
     page.get_by_role("option", name="motion_train", exact=True).click()
     page.get_by_text("Extra configurations", exact=True).click()
     _field(page, "Extra arguments").fill(json.dumps(RUN_ARGS))
