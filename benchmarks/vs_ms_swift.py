@@ -27,6 +27,10 @@ not its default's).
     python benchmarks/vs_ms_swift.py --repeats 3 --tuning freeze_vision
     python benchmarks/vs_ms_swift.py --repeats 1 --profile
     python benchmarks/vs_ms_swift.py --epochs 3
+    python benchmarks/vs_ms_swift.py --epochs 3 --clip_seconds 10 --clip_fps 25 --clip_size 256   # decode-heavy
+
+The clips are 2 s at 4 fps, 64x64 by default (the issue's); ``--clip_seconds / --clip_fps / --clip_size`` write
+longer or larger ones (both frameworks still sample 8 frames at 56x56), where decoding is a larger share of a step.
 """
 
 import argparse
@@ -64,7 +68,12 @@ def write_setup(work_dir: str, args: argparse.Namespace) -> dict[str, Any]:
     setup = {
         "model_dir": os.path.join(work_dir, "model"),
         "data_dir": os.path.join(work_dir, "data"),
-        "stamp": {"num_train": args.num_train, "seed": args.seed, "version": 1},
+        "stamp": {
+            "num_train": args.num_train,
+            "seed": args.seed,
+            "clip": [args.clip_seconds, args.clip_fps, args.clip_size],
+            "version": 2,
+        },
     }
     stamp_path = os.path.join(work_dir, "setup.json")
     if os.path.isfile(stamp_path):
@@ -81,7 +90,8 @@ def write_setup(work_dir: str, args: argparse.Namespace) -> dict[str, Any]:
     from ivcp.demo.motion_videos import DIRECTIONS, write_motion_clip
     from ivcp.demo.tiny_model import build_tiny_qwen2vl
 
-    print(f"Writing the model and {args.num_train} clips to {work_dir} ...", flush=True)
+    num_frames = round(args.clip_seconds * args.clip_fps)
+    print(f"Writing the model and {args.num_train} clips of {num_frames} frames to {work_dir} ...", flush=True)
     build_tiny_qwen2vl(
         setup["model_dir"],
         vocab_size=QWEN2_VL_VOCAB_ROWS,
@@ -97,7 +107,9 @@ def write_setup(work_dir: str, args: argparse.Namespace) -> dict[str, Any]:
     examples, rows = [], []
     for index, label in enumerate(labels.tolist()):
         video = f"videos/train_{index:05d}.mp4"
-        write_motion_clip(os.path.join(setup["data_dir"], video), DIRECTIONS[label], rng, num_frames=8, size=64, fps=4)
+        write_motion_clip(
+            os.path.join(setup["data_dir"], video), DIRECTIONS[label], rng, num_frames, args.clip_size, args.clip_fps
+        )
         examples.append(to_example(video, label, list(DIRECTIONS), DEFAULT_PROMPT))
         rows.append(
             {
@@ -377,6 +389,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num_train", type=int, default=64)
+    parser.add_argument("--clip_seconds", type=float, default=2.0, help="length of each training clip")
+    parser.add_argument("--clip_fps", type=int, default=4, help="frame rate of each training clip")
+    parser.add_argument("--clip_size", type=int, default=64, help="width = height of each training clip")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated subset of ivcp,ms-swift")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads of each run (1: robust on a busy machine)"

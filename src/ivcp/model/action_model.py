@@ -3,7 +3,8 @@
 Like TRL's value-head model, the head lives outside the (PEFT-wrapped) backbone, so LoRA and freeze tuning never
 target it. The forward runs the backbone's own forward with lm_head bypassed (``backbone.final_hidden_states``: no
 vocabulary-size logits, no hidden states of every layer) and classifies the last hidden state at the last
-``<ACTION>`` token; a mixture-of-experts backbone adds its router loss, as in sft.
+``<ACTION>`` token, the only row the last layer's MLP computes (``pooled_mlp``); a mixture-of-experts backbone adds
+its router loss, as in sft.
 """
 
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .layers import decoder_layers
 from .loss import ActionLoss
 from .multi_label import SINGLE_LABEL
 from .placement import execution_device, final_hidden_device
+from .pooled_mlp import PooledRowsMLP
 
 
 BACKBONE_PREFIX = "backbone."
@@ -76,6 +78,8 @@ class ActionClassificationModel(nn.Module):
         self.config = self.base_model.config  # HF Trainer and accelerate read `model.config`
         self.backbone.get_input_embeddings().register_forward_hook(self._write_action_embedding)
         self.embedding_rows: EmbeddingRows | None = None  # `train_embedding_rows`: the trained rows of the table
+        # the router loss counts every position of every layer: with it, the last MLP computes them all
+        self.pooled_mlp = PooledRowsMLP(layers[-1] if layers and router_aux_loss_coef is None else None)
 
     def train_embedding_rows(self, token_ids: torch.Tensor) -> EmbeddingRows:
         r"""Freeze the input embedding table and train a copy of the rows of ``token_ids`` (``<ACTION>`` left out).
@@ -168,14 +172,16 @@ class ActionClassificationModel(nn.Module):
         if self.embedding_rows is not None and self.training and torch.is_grad_enabled():
             self._check_embedding_rows(input_ids)
 
-        hidden_states, aux_loss = final_hidden_states(
-            self.base_model,
-            input_ids,
-            attention_mask=attention_mask,
-            output_router_logits=self.router_aux_loss_coef is not None,
-            **model_inputs,
-        )
-        positions = last_token_positions(input_ids, self.action_token_id).to(hidden_states.device)
+        positions = last_token_positions(input_ids, self.action_token_id)
+        with self.pooled_mlp.running(positions):
+            hidden_states, aux_loss = final_hidden_states(
+                self.base_model,
+                input_ids,
+                attention_mask=attention_mask,
+                output_router_logits=self.router_aux_loss_coef is not None,
+                **model_inputs,
+            )
+        positions = positions.to(hidden_states.device)
         pooled = hidden_states[torch.arange(hidden_states.size(0), device=hidden_states.device), positions]
         logits = self.action_decoder(pooled)
         loss = None

@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoTokenizer, Glm4vConfig, TrainerCallback
 from ivcp.demo.families import FAMILIES, QWEN2_FAMILIES, build_tiny_family
 from ivcp.demo.tiny_model import build_tiny_qwen2vl
 from ivcp.inference import ActionClassifier
+from ivcp.model.layers import decoder_layers
 from tests.helpers import base_config, read_json, trainer_losses
 
 
@@ -81,11 +82,23 @@ def test_family_trains_saves_and_predicts(family, motion_data, tmp_path):
 
     classifier = ActionClassifier.from_pretrained(model_dir, adapter=str(output_dir), device="cpu")
     videos = [os.path.join(motion_data, example["videos"][0]) for example in test_examples]
-    probabilities = F.softmax(classifier.predict_logits(videos), dim=-1)
+    layers = decoder_layers(classifier.model.base_model)  # not found in Qwen2.5-Omni's thinker: every row there
+    assert classifier.model.pooled_mlp.enabled == (family != "qwen2_5_omni") == (layers is not None)
+    last_mlp_rows = []
+    if layers is not None:
+        layers[-1].mlp.register_forward_pre_hook(lambda module, args: last_mlp_rows.append(args[0].shape[1]))
+    logits = classifier.predict_logits(videos)
+    probabilities = F.softmax(logits, dim=-1)
     for record, row in zip(records, probabilities):  # the reloaded model gives the run's own predictions
         assert int(row.argmax()) == record["predicted"] or row.max() - row[record["predicted"]] < 1e-4
         for entry in record["classes"]:
             assert row[entry["class"]].item() == pytest.approx(entry["probability"], abs=1e-4)
+
+    if layers is not None:  # the last layer's MLP ran on the pooled rows, and on every row gives the same logits
+        classifier.model.pooled_mlp.enabled = False
+        torch.testing.assert_close(classifier.predict_logits(videos), logits, rtol=1e-4, atol=1e-5)
+        half = len(last_mlp_rows) // 2
+        assert set(last_mlp_rows[:half]) == {1} and min(last_mlp_rows[half:]) > 1
 
 
 def test_moe_router_loss_is_in_the_loss_and_logged(motion_data, tmp_path):
