@@ -8,17 +8,18 @@ three quarters of a layer's matmuls: this saves most of one layer of the forward
 gradient checkpointing and of its backward.
 
 Gradient checkpointing (HF's, FSDP's or DeepSpeed's) runs the layer again in the backward, after the model's forward
-has returned, so the positions of each forward that records a graph are kept, keyed by the layer's input tensor
-(which checkpointing keeps for that recomputation), until the gradient of the MLP's input arrives. A recomputation
-whose input is not found (more than ``MAX_PENDING`` forwards without their backward, or a checkpointing that copies
-its inputs) runs the whole MLP: with reentrant checkpointing, or none, that gives the same gradients; non-reentrant
-checkpointing stops with its ``CheckpointError``. Never a wrong gradient.
+has returned, so the positions of each forward that records a graph are kept, keyed by the layer's input tensor,
+which checkpointing keeps for that recomputation (a second backward with ``retain_graph`` included), until that
+tensor is freed. A recomputation whose input is not found (more than ``MAX_PENDING`` graphs alive, or a
+checkpointing that copies its inputs) runs the whole MLP: with reentrant checkpointing, or none, that gives the
+same gradients unless the MLP draws dropout (LoRA's ``lora_dropout``); non-reentrant checkpointing stops with its
+``CheckpointError``. ``nn.DataParallel``'s replicas share these hooks and run in threads: there the MLP computes
+every row.
 """
 
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
 
-MAX_PENDING = 16  # forwards whose backward has not passed the last layer yet (a trainer has one)
+MAX_PENDING = 16  # graphs alive that may still recompute the last layer (a trainer has one)
 
 
 class PooledRowsMLP:
@@ -39,7 +40,7 @@ class PooledRowsMLP:
         # layer input (address, shape) -> positions, and a weak reference to the input's memory: a freed input's
         # address may come back for another tensor
         self._pending: OrderedDict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, StorageWeakRef]] = OrderedDict()
-        self._call: tuple[torch.Tensor, int, tuple[int, tuple[int, ...]]] | None = None  # the layer call under way
+        self._call: tuple[torch.Tensor, int] | None = None  # positions and length of the layer call under way
         self._gathered = False
         if self.enabled:
             layer.register_forward_pre_hook(self._enter_layer, with_kwargs=True)
@@ -56,33 +57,39 @@ class PooledRowsMLP:
         finally:
             self._running = None
 
+    def waiting(self) -> int:
+        r"""How many forwards' graphs are alive with positions kept for a recomputation."""
+        self._forget_freed()
+        return len(self._pending)
+
+    def _forget_freed(self) -> None:
+        for key in [key for key, (_, memory) in self._pending.items() if memory.expired()]:
+            del self._pending[key]
+
     def _enter_layer(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         hidden_states = args[0] if args else kwargs.get("hidden_states")
         self._call = None
-        if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
+        if getattr(module, "_is_replica", False) or not isinstance(hidden_states, torch.Tensor):
             return
 
         key = (hidden_states.data_ptr(), tuple(hidden_states.shape))
         if self._running is None:  # a recomputation in the backward, or the backbone called on its own
             positions, memory = self._pending.get(key, (None, None))
             if memory is not None and memory.expired():  # that forward's graph is gone, another tensor is here
-                del self._pending[key]
                 positions = None
         else:
             positions, records_graph = self._running
             if records_graph:
+                self._forget_freed()
                 self._pending[key] = (positions, StorageWeakRef(hidden_states.untyped_storage()))
                 self._pending.move_to_end(key)
                 while len(self._pending) > MAX_PENDING:
                     self._pending.popitem(last=False)
-        if positions is not None and positions.numel() == hidden_states.size(0):
-            self._call = (positions, hidden_states.size(1), key)
+        if positions is not None and hidden_states.dim() == 3 and positions.numel() == hidden_states.size(0):
+            self._call = (positions, hidden_states.size(1))
 
     def _leave_layer(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self._call = None
-
-    def _done(self, key: tuple[int, tuple[int, ...]], gradient: torch.Tensor) -> None:
-        self._pending.pop(key, None)
 
     def _rows(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         positions = self._call[0].to(tensor.device)
@@ -99,10 +106,7 @@ class PooledRowsMLP:
         if not self._gathered:
             return None
 
-        pooled = hidden_states[self._rows(hidden_states)].unsqueeze(1)
-        if pooled.requires_grad:  # its gradient arrives after the last run of this layer, recomputation included
-            pooled.register_hook(partial(self._done, self._call[2]))
-        return (pooled, *args[1:])
+        return (hidden_states[self._rows(hidden_states)].unsqueeze(1), *args[1:])
 
     def _scatter(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if not self._gathered:

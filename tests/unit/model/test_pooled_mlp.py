@@ -81,21 +81,34 @@ def test_the_last_mlp_computes_one_row_per_sequence_with_the_same_logits_and_gra
     assert seen[runs:] == [length] * runs
 
 
-def test_nothing_is_kept_without_a_gradient_nor_after_the_backward(tiny_model, motion_data, tmp_path):
+def test_nothing_is_kept_without_a_gradient_nor_once_the_graph_is_freed(tiny_model, motion_data, tmp_path):
     model, (batch, _) = _model_and_batches(tiny_model, motion_data, tmp_path)
     seen = _rows_seen(_last_mlp(model).gate_proj)
     inputs = {key: value for key, value in batch.items() if key != "action_labels"}
     with torch.no_grad():
         model(**batch)
-    assert not model.pooled_mlp._pending
+    assert model.pooled_mlp.waiting() == 0
     output = model(**batch)
-    assert len(model.pooled_mlp._pending) == 1  # the backward recomputes the layer with them
+    assert model.pooled_mlp.waiting() == 1  # the backward recomputes the layer with them
     output.loss.backward()
-    assert not model.pooled_mlp._pending
+    assert model.pooled_mlp.waiting() == 0  # the backward freed the graph, and the layer's input with it
 
-    length = batch["input_ids"].shape[1]
     model.base_model(**inputs)  # the backbone called on its own: every row, as it is
-    assert seen == [1, 1, 1, length]
+    assert seen == [1, 1, 1, batch["input_ids"].shape[1]]
+
+
+@pytest.mark.parametrize("checkpointing", list(CHECKPOINTING))
+def test_a_second_backward_over_a_kept_graph_recomputes_the_same_rows(
+    tiny_model, motion_data, tmp_path, checkpointing
+):
+    model, (batch, _) = _model_and_batches(tiny_model, motion_data, tmp_path, **CHECKPOINTING[checkpointing])
+    _, once = _logits_and_gradients(model, [batch])
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward(retain_graph=True)
+    loss.backward()
+    for name, gradient in once.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, 2 * gradient, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("checkpointing", list(CHECKPOINTING))
@@ -105,7 +118,7 @@ def test_two_forwards_then_their_backwards_in_turn_give_the_gradients_of_the_who
     model, batches = _model_and_batches(tiny_model, motion_data, tmp_path, **CHECKPOINTING[checkpointing])
     seen = _rows_seen(_last_mlp(model).gate_proj)
     logits, gradients = _logits_and_gradients(model, batches)
-    assert set(seen) == {1} and not model.pooled_mlp._pending
+    assert set(seen) == {1}
 
     model.pooled_mlp.enabled = False
     full_logits, full_gradients = _logits_and_gradients(model, batches)
@@ -137,4 +150,12 @@ def test_a_dropped_forwards_positions_never_reach_a_later_tensor_at_its_address(
     key = (later.data_ptr(), tuple(later.shape))
     pooled_mlp._pending[key] = (positions, memory)
     torch.testing.assert_close(layer(later), later + layer.mlp(later))  # every row, as it is
-    assert key not in pooled_mlp._pending
+
+
+def test_data_parallel_replicas_run_every_row():
+    layer = ResidualLayer()
+    pooled_mlp = PooledRowsMLP(layer)
+    hidden_states = torch.randn(2, 5, 4)
+    layer._is_replica = True  # what nn.DataParallel sets on its copies, which share the hooks and run in threads
+    with pooled_mlp.running(torch.tensor([1, 3])):
+        torch.testing.assert_close(layer(hidden_states), hidden_states + layer.mlp(hidden_states))
