@@ -57,11 +57,6 @@ class PooledRowsMLP:
         finally:
             self._running = None
 
-    def waiting(self) -> int:
-        r"""How many forwards' graphs are alive with positions kept for a recomputation."""
-        self._forget_freed()
-        return len(self._pending)
-
     def _forget_freed(self) -> None:
         for key in [key for key, (_, memory) in self._pending.items() if memory.expired()]:
             del self._pending[key]
