@@ -54,10 +54,18 @@ def _rows_seen(module):
 def _logits_and_gradients(model, batches):
     model.zero_grad(set_to_none=True)
     outputs = [model(**batch) for batch in batches]
-    for output in outputs:  # the first forward's backward recomputes its last layer while the last one's is armed
+    for output in outputs:  # the first forward's backward recomputes its last layer while later ones wait too
         output.loss.backward()
     gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return torch.cat([output.logits.detach() for output in outputs]), gradients
+
+
+def _assert_same(logits, gradients, full_logits, full_gradients) -> None:
+    r"""The pooled run's logits and every parameter's gradient are the whole MLP's, to float rounding."""
+    torch.testing.assert_close(logits, full_logits, rtol=1e-5, atol=1e-6)
+    assert gradients.keys() == full_gradients.keys() and len(gradients) > 10
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(gradient, full_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("checkpointing", list(CHECKPOINTING))
@@ -78,11 +86,7 @@ def test_the_last_mlp_computes_one_row_per_sequence_with_the_same_logits_and_gra
 
     model.pooled_mlp.enabled = False
     for batch, logits, gradients in zip(batches, pooled, pooled_gradients):
-        full_logits, full_gradients = _logits_and_gradients(model, [batch])
-        torch.testing.assert_close(logits, full_logits, rtol=1e-5, atol=1e-6)
-        assert gradients.keys() == full_gradients.keys() and len(gradients) > 10
-        for name, gradient in gradients.items():
-            torch.testing.assert_close(gradient, full_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
+        _assert_same(logits, gradients, *_logits_and_gradients(model, [batch]))
     assert seen[runs:] == [length] * runs
 
 
@@ -126,10 +130,7 @@ def test_two_forwards_then_their_backwards_in_turn_give_the_gradients_of_the_who
     assert set(seen) == {1}
 
     model.pooled_mlp.enabled = False
-    full_logits, full_gradients = _logits_and_gradients(model, batches)
-    torch.testing.assert_close(logits, full_logits, rtol=1e-5, atol=1e-6)
-    for name, gradient in gradients.items():
-        torch.testing.assert_close(gradient, full_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same(logits, gradients, *_logits_and_gradients(model, batches))
 
 
 class ResidualLayer(nn.Module):
