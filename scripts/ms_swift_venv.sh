@@ -22,8 +22,9 @@ if ready; then
     echo "$VENV"
     exit 0
 fi
-echo "building ms-swift $SWIFT_VERSION venv in $VENV" >&2
+echo "building ms-swift $SWIFT_VERSION venv in $VENV (6.6 GiB on disk)" >&2
 rm -rf "$VENV"
+bash "$(dirname "$0")/check_disk.sh" "$(dirname "$VENV")" 7 "building the ms-swift venv (6.6 GiB)"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off -c "$REPO/constraints.txt" \
     "ms-swift==$SWIFT_VERSION" qwen-vl-utils decord av psutil torchvision  # qwen-vl-utils imports torchvision

