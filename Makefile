@@ -10,8 +10,8 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test lint browser vllm
 
+# A new .venv takes about 7.3 GiB: on x86_64 PyPI's torch is the CUDA build, which runs on CPU too.
 $(STAMP): pyproject.toml constraints.txt
-	# A new .venv takes about 7.3 GiB: on x86_64 PyPI's torch is the CUDA build, which runs on CPU too.
 	test -x $(VENV)/bin/python || { bash scripts/check_disk.sh $(CURDIR) 8 "installing IVCP into .venv" && \
 		$(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/pip install --disable-pip-version-check -c constraints.txt -e ".[test,ray]"
