@@ -209,6 +209,13 @@ def load_examples(tiny_model: str, motion_data: str, tmp_path: Path, examples: l
     return dataset, tokenizer_module["tokenizer"]
 
 
+def rows_seen(module: torch.nn.Module) -> list[int]:
+    r"""The sequence length of every input ``module`` gets from now on, in call order."""
+    seen = []
+    module.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[1]))
+    return seen
+
+
 def free_port() -> int:
     r"""A loopback port nothing listens on right now, for a server a test starts."""
     with socket.socket() as sock:

@@ -7,7 +7,7 @@ from torch import nn
 from ivcp.data import ActionDataCollator
 from ivcp.model import load_action_model
 from ivcp.model.pooled_mlp import PooledRowsMLP
-from tests.helpers import action_example, base_config, load_action_data, motion_data_with, read_json
+from tests.helpers import action_example, base_config, load_action_data, motion_data_with, read_json, rows_seen
 
 
 CHECKPOINTING = {
@@ -44,13 +44,6 @@ def _kept(model) -> int:
     return sum(not memory.expired() for _, memory in model.pooled_mlp._pending.values())
 
 
-def _rows_seen(module):
-    r"""The sequence length of every input ``module`` gets, in call order."""
-    seen = []
-    module.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
-    return seen
-
-
 def _logits_and_gradients(model, batches):
     model.zero_grad(set_to_none=True)
     outputs = [model(**batch) for batch in batches]
@@ -73,8 +66,8 @@ def test_the_last_mlp_computes_one_row_per_sequence_with_the_same_logits_and_gra
     tiny_model, motion_data, tmp_path, checkpointing
 ):
     model, batches = _model_and_batches(tiny_model, motion_data, tmp_path, **CHECKPOINTING[checkpointing])
-    seen = _rows_seen(_last_mlp(model).gate_proj)
-    reference_seen = _rows_seen(model.base_model.model.language_model.layers[-2].mlp.gate_proj)
+    seen = rows_seen(_last_mlp(model).gate_proj)
+    reference_seen = rows_seen(model.base_model.model.language_model.layers[-2].mlp.gate_proj)
     pooled, pooled_gradients = [], []
     for batch in batches:  # forward, backward, forward, backward: as a trainer does
         logits, gradients = _logits_and_gradients(model, [batch])
@@ -92,7 +85,7 @@ def test_the_last_mlp_computes_one_row_per_sequence_with_the_same_logits_and_gra
 
 def test_nothing_is_kept_without_a_gradient_nor_once_the_graph_is_freed(tiny_model, motion_data, tmp_path):
     model, (batch, _) = _model_and_batches(tiny_model, motion_data, tmp_path)
-    seen = _rows_seen(_last_mlp(model).gate_proj)
+    seen = rows_seen(_last_mlp(model).gate_proj)
     inputs = {key: value for key, value in batch.items() if key != "action_labels"}
     with torch.no_grad():
         model(**batch)
@@ -125,7 +118,7 @@ def test_two_forwards_then_their_backwards_in_turn_give_the_gradients_of_the_who
     tiny_model, motion_data, tmp_path, checkpointing
 ):
     model, batches = _model_and_batches(tiny_model, motion_data, tmp_path, **CHECKPOINTING[checkpointing])
-    seen = _rows_seen(_last_mlp(model).gate_proj)
+    seen = rows_seen(_last_mlp(model).gate_proj)
     logits, gradients = _logits_and_gradients(model, batches)
     assert set(seen) == {1}
 

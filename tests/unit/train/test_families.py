@@ -20,7 +20,7 @@ from ivcp.demo.families import FAMILIES, QWEN2_FAMILIES, build_tiny_family
 from ivcp.demo.tiny_model import build_tiny_qwen2vl
 from ivcp.inference import ActionClassifier
 from ivcp.model.layers import decoder_layers
-from tests.helpers import base_config, read_json, trainer_losses
+from tests.helpers import base_config, read_json, rows_seen, trainer_losses
 
 
 NO_SPARE_ROWS = {"qwen2_vl", "internvl", "gemma4"}
@@ -84,9 +84,7 @@ def test_family_trains_saves_and_predicts(family, motion_data, tmp_path):
     videos = [os.path.join(motion_data, example["videos"][0]) for example in test_examples]
     layers = decoder_layers(classifier.model.base_model)  # not found in Qwen2.5-Omni's thinker: every row there
     assert classifier.model.pooled_mlp.enabled == (family != "qwen2_5_omni") == (layers is not None)
-    last_mlp_rows = []
-    if layers is not None:
-        layers[-1].mlp.register_forward_pre_hook(lambda module, args: last_mlp_rows.append(args[0].shape[1]))
+    last_mlp_rows = rows_seen(layers[-1].mlp) if layers is not None else []
     logits = classifier.predict_logits(videos)
     probabilities = F.softmax(logits, dim=-1)
     for record, row in zip(records, probabilities):  # the reloaded model gives the run's own predictions
